@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from phaseedge.gpu import has_cuda_gpu
+
 REPO = Path(__file__).resolve().parents[1]
 METALDAM = REPO.parent / "shared" / "data" / "metaldam"
 
@@ -18,18 +20,4 @@ def metaldam_dir() -> Path:
     return METALDAM
 
 
-def has_nvidia_gpu() -> bool:
-    """True when a CUDA driver reports a device; checked before any GPU library is touched."""
-    import ctypes
-
-    try:
-        cuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False
-    count = ctypes.c_int(0)
-    if cuda.cuInit(0) != 0 or cuda.cuDeviceGetCount(ctypes.byref(count)) != 0:
-        return False
-    return count.value > 0
-
-
-requires_gpu = pytest.mark.skipif(not has_nvidia_gpu(), reason="no NVIDIA GPU / CUDA driver on this machine")
+requires_gpu = pytest.mark.skipif(not has_cuda_gpu(), reason="no NVIDIA GPU / CUDA driver on this machine")
