@@ -1,0 +1,100 @@
+"""The one interface every inference backend implements.
+
+A backend turns a batch of normalised tiles into class probabilities and knows
+nothing about frames, tiling or ratios: that keeps ONNX Runtime, TensorRT and
+PyTorch interchangeable behind `phaseedge.Segmenter`.
+
+Construction does the heavy set-up (sessions, engines, device memory); the
+Segmenter therefore constructs its backend lazily, on first use or ``__enter__``
+(Polygraphy's loader/runner split).
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 0.5, "high": 99.5}
+
+
+class Backend(abc.ABC):
+    """Runs a segmentation model on batches of tiles.
+
+    Subclasses set these attributes in ``__init__``:
+
+    - ``name``: registry name ("onnxruntime", "tensorrt", "torch", ...)
+    - ``tile``: side T of the square tiles the model takes
+    - ``n_classes`` and ``class_names`` (tuple of str, length n_classes)
+    - ``max_batch``: largest B ``infer`` accepts
+    - ``normalization``: the per-frame normalisation dict from the sidecar/config
+    - ``precision``: "fp32", "fp16", ... (what actually runs, for reports)
+    - ``device``: human-readable description of where it runs (e.g. "CPU", "cuda:0")
+    """
+
+    name: str = "base"
+    tile: int
+    n_classes: int
+    class_names: tuple[str, ...]
+    max_batch: int
+    normalization: dict[str, Any] = DEFAULT_NORMALIZATION
+    precision: str = "fp32"
+    device: str = "CPU"
+
+    @abc.abstractmethod
+    def infer(self, images: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        """Probabilities for one batch.
+
+        images: float16 ``[B, 1, T, T]`` in [0, 1]; ratio: float32 ``[B, n]`` (zeros =
+        unknown); 1 <= B <= max_batch. Returns float16 or float32 ``[B, n, T, T]``
+        (softmax over classes). The returned array may be reused by the next call:
+        copy it if you keep it.
+        """
+
+    def infer_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+        """Probabilities for a stream of ``(images, ratio)`` batches, in order.
+
+        The default runs them one after another. A backend that can overlap work
+        (upload batch k+1 while batch k runs) overrides this; it may pull the next
+        batch from ``batches`` before yielding the current result, so the caller
+        must consume each yielded array before asking for the next one.
+        """
+        for images, ratio in batches:
+            yield self.infer(images, ratio)
+
+    def check_batch(self, images: np.ndarray, ratio: np.ndarray) -> None:
+        """Shape checks shared by all backends (cheap; catches wiring errors early)."""
+        t = self.tile
+        if images.ndim != 4 or images.shape[1:] != (1, t, t):
+            raise ValueError(f"images must be [B, 1, {t}, {t}], got {list(images.shape)}")
+        b = images.shape[0]
+        if not 1 <= b <= self.max_batch:
+            raise ValueError(f"batch size {b} outside [1, {self.max_batch}] for backend {self.name}")
+        if ratio.shape != (b, self.n_classes):
+            raise ValueError(f"ratio must be [{b}, {self.n_classes}], got {list(ratio.shape)}")
+
+    def close(self) -> None:
+        """Release sessions / device memory. Safe to call twice."""
+
+    def __enter__(self) -> Backend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What runs, for logs and benchmark reports."""
+        return {
+            "backend": self.name,
+            "device": self.device,
+            "precision": self.precision,
+            "tile": self.tile,
+            "n_classes": self.n_classes,
+            "class_names": list(self.class_names),
+            "max_batch": self.max_batch,
+        }
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} tile={self.tile} n={self.n_classes} on {self.device}>"
