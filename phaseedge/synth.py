@@ -164,8 +164,12 @@ def micrograph(
     pcy, pcx = int(np.ceil(hm / prec_cell)) + 1, int(np.ceil(w / prec_cell)) + 1
     prec_on = rng.random((pcy, pcx)) < (0.35 if n_phases >= 5 else 0.12)
     prec_r = rng.uniform(1.8, 5.0, (pcy, pcx)).astype(np.float32)
-    prec_y = ((np.arange(pcy)[:, None] + 0.5) * prec_cell + (rng.random((pcy, pcx)) - 0.5) * 24).astype(np.float32)
-    prec_x = ((np.arange(pcx)[None, :] + 0.5) * prec_cell + (rng.random((pcy, pcx)) - 0.5) * 24).astype(np.float32)
+    prec_y = ((np.arange(pcy)[:, None] + 0.5) * prec_cell + (rng.random((pcy, pcx)) - 0.5) * 24).astype(
+        np.float32
+    )
+    prec_x = ((np.arange(pcx)[None, :] + 0.5) * prec_cell + (rng.random((pcy, pcx)) - 0.5) * 24).astype(
+        np.float32
+    )
 
     grad = rng.normal(0.0, 0.07, 3).astype(np.float32)  # brightness gradient x, y, vignetting
     photons = float(rng.uniform(150.0, 400.0))  # shot noise: variance = signal / photons
