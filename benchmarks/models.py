@@ -1,0 +1,119 @@
+"""Which model a benchmark runs: the bundled one, an exported file, or a checkpoint.
+
+Every subcommand takes ``--model`` the same way. This module answers the questions a
+benchmark asks before it runs anything: what architecture, tile and classes the model
+has, how many FLOPs one tile costs, and which PyTorch module can serve as the fp32
+eager baseline (the trained checkpoint, or the same architecture with random
+weights when only an exported graph exists: speed does not depend on the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from phaseedge import sidecar as _sidecar
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a benchmark needs to know about a model, without loading it."""
+
+    path: Path
+    kind: str  # "onnx" | "engine" | "checkpoint"
+    architecture: str
+    plm: bool
+    n_classes: int
+    class_names: tuple[str, ...]
+    tile: int
+    precision: str
+    arch_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> dict[str, Any]:
+        return {"path": str(self.path), "kind": self.kind, "architecture": self.architecture, "plm": self.plm,
+                "n_classes": self.n_classes, "tile": self.tile, "precision": self.precision}
+
+
+def resolve(model: str | Path) -> ModelSpec:
+    """``"default"`` (the bundled model), a ``.onnx`` / ``.engine`` with its sidecar, or a checkpoint dir."""
+    if str(model) == "default":
+        from phaseedge import default_model
+
+        model = default_model()
+    path = Path(model)
+    if path.is_dir():
+        return _from_checkpoint(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model {str(path)!r} not found (expected 'default', a .onnx/.engine file or a checkpoint dir)")
+    sc = _sidecar.read(path)
+    return ModelSpec(path=path, kind=sc.kind, architecture=sc.architecture, plm=bool(sc.plm),
+                     n_classes=int(sc.n_classes), class_names=tuple(sc.class_names), tile=int(sc.tile),
+                     precision=sc.precision, arch_kwargs=dict(sc.source.get("arch_kwargs", {})))
+
+
+def _from_checkpoint(path: Path) -> ModelSpec:
+    config_path = path / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{path} is a directory without config.json: not a phaseedge checkpoint")
+    try:
+        cfg = json.loads(config_path.read_text(encoding="utf-8"))
+        return ModelSpec(path=path, kind="checkpoint", architecture=cfg["architecture"], plm=bool(cfg["plm"]),
+                         n_classes=int(cfg["n_classes"]), class_names=tuple(cfg["class_names"]),
+                         tile=int(cfg["tile"]), precision="fp32", arch_kwargs=dict(cfg.get("arch_kwargs", {})))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{config_path} is not a valid checkpoint config: {e}") from e
+
+
+def torch_model(spec: ModelSpec, checkpoint: str | Path | None = None):
+    """``(module, origin)``: the PyTorch fp32 model to time as the eager baseline.
+
+    A checkpoint (``spec`` itself or ``checkpoint``) is loaded; otherwise the
+    architecture named by the sidecar is built with random weights, which is fine
+    for speed and FLOPs but not for accuracy (``origin`` says which).
+    """
+    import torch
+    from phaseedge.train import checkpoint as ckpt
+    from phaseedge.train.models import build_model
+
+    torch.manual_seed(0)
+    if checkpoint is not None:
+        return ckpt.load(checkpoint, map_location="cpu"), f"checkpoint {checkpoint}"
+    if spec.kind == "checkpoint":
+        return ckpt.load(spec.path, map_location="cpu"), f"checkpoint {spec.path}"
+    model = build_model(spec.architecture, spec.n_classes, plm=spec.plm, tile=spec.tile, **spec.arch_kwargs)
+    return model.eval(), f"{spec.architecture} with random weights (speed only)"
+
+
+def flops_per_tile(spec: ModelSpec, torch_module=None) -> dict[str, Any]:
+    """FLOPs of one tile: counted on the ONNX graph when there is one, else with FlopCounterMode.
+
+    A TensorRT engine cannot be inspected for FLOPs; its sidecar names the ONNX graph
+    it was built from (``source.onnx``) when that file is still beside it.
+    """
+    from phaseedge.bench import floor
+
+    if spec.kind == "onnx":
+        return floor.onnx_flops(spec.path)
+    if spec.kind == "engine":
+        sc = _sidecar.read(spec.path)
+        onnx_name = sc.source.get("onnx")
+        candidate = spec.path.parent / Path(str(onnx_name)).name if onnx_name else None
+        if candidate is None or not candidate.is_file():
+            raise FileNotFoundError(f"cannot count FLOPs of engine {spec.path}: its ONNX graph is not beside it")
+        return floor.onnx_flops(candidate)
+    module = torch_module if torch_module is not None else torch_model(spec)[0]
+    return floor.torch_flops(module, spec.tile, spec.n_classes)
+
+
+def parse_frame(text: str) -> tuple[int, int]:
+    """``"4096x3072"`` (width x height, as cameras state it) -> (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"frame must be WIDTHxHEIGHT like 4096x3072, got {text!r}") from None
+    if w < 8 or h < 8:
+        raise argparse.ArgumentTypeError(f"frame sides must be >= 8 pixels, got {text!r}")
+    return h, w

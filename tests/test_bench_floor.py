@@ -1,0 +1,109 @@
+"""Compute-floor counters: the ONNX graph count, FlopCounterMode and the hand count agree."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from phaseedge.bench import cli, floor
+from phaseedge.bench.models import parse_frame
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+nn = torch.nn
+
+
+class _Net(nn.Module):
+    """Conv, grouped strided conv, transposed conv and a ratio Linear: every counted layer kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(1, 8, 3, padding=1)
+        self.d = nn.Conv2d(8, 8, 3, stride=2, padding=1, groups=2)
+        self.u = nn.ConvTranspose2d(8, 4, 2, stride=2)
+        self.r = nn.Linear(4, 4)
+
+    def forward(self, image, ratio):
+        return torch.softmax(self.u(self.d(self.c(image))) + self.r(ratio)[:, :, None, None], dim=1)
+
+
+def _hand(tile: int) -> int:
+    """Written out by hand for _Net: 2 * MACs per layer."""
+    c = 2 * 1 * 9 * 8 * tile * tile
+    d = 2 * (8 // 2) * 9 * 8 * (tile // 2) ** 2
+    u = 2 * 8 * (tile // 2) ** 2 * 4 * 4  # every input pixel x Cin scatters into Cout * 2 * 2
+    r = 2 * 4 * 4
+    return c + d + u + r
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from phaseedge import sidecar
+
+    tile = 32
+    net = _Net().eval()
+    path = tmp_path_factory.mktemp("floor") / "net.onnx"
+    torch.onnx.export(net, (torch.rand(1, 1, tile, tile), torch.rand(1, 4)), str(path), dynamo=False,
+                      input_names=["image", "ratio"], output_names=["probs"],
+                      dynamic_axes={"image": {0: "B"}, "ratio": {0: "B"}, "probs": {0: "B"}})
+    inputs, outputs = sidecar.io_specs(tile, 4)
+    sidecar.write(sidecar.Sidecar(kind="onnx", architecture="test-net", plm=True, class_names=tuple("abcd"),
+                                  n_classes=4, tile=tile, normalization={"method": "percentile", "low": 0.5,
+                                                                          "high": 99.5},
+                                  inputs=inputs, outputs=outputs, batch=(1, 2, 4), precision="fp32"), path)
+    return net, path, tile
+
+
+def test_three_counts_agree_with_the_hand_count(exported):
+    net, path, tile = exported
+    expected = _hand(tile)
+    assert floor.layer_flops(net, tile, 4)["flops"] == expected
+    assert floor.torch_flops(net, tile, 4)["flops"] == expected
+    counted = floor.onnx_flops(path)
+    assert counted["flops"] == expected
+    assert counted["unresolved_nodes"] == []
+    assert "Softmax" in counted["uncounted_ops"]
+
+
+def test_floor_report_scales_with_tiles_and_peak():
+    r = floor.floor_report(10**9, 12, (3000, 4000), 1e11)
+    assert r["gflops_per_frame"] == pytest.approx(12.0)
+    assert r["gflops_per_megapixel"] == pytest.approx(1.0)
+    assert r["floor_ms"] == pytest.approx(120.0)
+    assert floor.floor_report(10**9, 12, (3000, 4000), None)["floor_ms"] is None
+    with pytest.raises(ValueError, match="n_tiles"):
+        floor.floor_report(10**9, 0, (8, 8), 1.0)
+
+
+def test_matmul_probe_reports_a_positive_peak():
+    peak = floor.matmul_peak("cpu", n=128, repeats=1)
+    assert peak["flops_per_s"]["fp32"] > 0
+    with pytest.raises(ValueError, match="device"):
+        floor.matmul_peak("tpu")
+
+
+def test_frame_argument_is_width_by_height():
+    assert parse_frame("4096x3072") == (3072, 4096)
+    for bad in ("4096", "ax3", "4x4"):
+        with pytest.raises(Exception, match="frame"):
+            parse_frame(bad)
+
+
+def test_floor_command_prints_json(exported, capsys):
+    _, path, tile = exported
+    assert cli.main(["floor", "--model", str(path), "--frame", "100x70", "--overlap", "0.5", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    from phaseedge.tiling import TileGrid
+
+    n = TileGrid.for_frame(70, 100, tile, 0.5).n_tiles
+    assert out["tiles_per_frame"] == n
+    assert out["flops_per_tile"] == _hand(tile)
+    assert out["gflops_per_megapixel"] == pytest.approx(_hand(tile) * n / 1e9 / (70 * 100 / 1e6))
+    assert np.isfinite(out["floor_ms"]) and out["floor_ms"] > 0
+
+
+def test_floor_command_missing_model_is_a_clear_error(tmp_path, capsys):
+    assert cli.main(["floor", "--model", str(tmp_path / "nope.onnx")]) == 2
+    assert "not found" in capsys.readouterr().err
