@@ -1,0 +1,224 @@
+"""Training crops: one random affine per crop, applied jointly to image and mask.
+
+Every geometric change (position, flip, 90-degree and small-angle rotation, scale) is
+folded into one 2x3 matrix and resampled once with ``torch.nn.functional.grid_sample``
+straight from the whole normalised frame: bilinear for the image, nearest for the mask,
+mirrored outside the frame. One resample means no double interpolation and no crop
+margins to get wrong. Photometric changes (intensity, contrast, gamma) follow on the
+batch. All random draws come from one ``numpy.random.Generator`` so a run is seedable and
+its sampler state can be saved for resume.
+
+The crop's ratio input (paper Sec. 2.1, App. A.2) is computed from the crop's own mask,
+perturbed like an expert's guess of random accuracy, and sometimes zeroed ("unknown").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from phaseedge import ratio as ratio_ops
+from phaseedge.train.data import LabelledImage
+
+
+@dataclass
+class AugmentConfig:
+    """Ranges of the random changes; set a range to its identity to switch it off."""
+
+    flip: bool = True
+    rot90: bool = True
+    max_angle: float = 15.0  # degrees, uniform in [-max_angle, max_angle]
+    scale: tuple[float, float] = (0.8, 1.25)  # magnification, log-uniform
+    brightness: float = 0.08  # additive shift, uniform in [-b, b]
+    contrast: tuple[float, float] = (0.8, 1.25)  # multiplicative about the crop mean, log-uniform
+    gamma: tuple[float, float] = (0.75, 1.33)  # x ** g, log-uniform
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AugmentConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown augmentation settings: {sorted(unknown)}")
+        d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        cfg = cls(**d)
+        for name in ("scale", "contrast", "gamma"):
+            lo, hi = getattr(cfg, name)
+            if not 0 < lo <= hi:
+                raise ValueError(f"augment.{name} must be 0 < low <= high, got {(lo, hi)}")
+        if cfg.max_angle < 0 or cfg.brightness < 0:
+            raise ValueError("augment.max_angle and augment.brightness must be >= 0")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RatioConfig:
+    """How the PLM's ratio input is simulated during training (Eq. 4-5)."""
+
+    alpha_min: float = 0.5  # guess accuracy alpha ~ U[alpha_min, 1]
+    p_zero: float = 0.2  # probability that a crop gets the all-zero "unknown" ratio
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RatioConfig:
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown ratio settings: {sorted(unknown)}")
+        cfg = cls(**d)
+        if not 0.0 <= cfg.alpha_min <= 1.0:
+            raise ValueError(f"ratio.alpha_min must be in [0, 1], got {cfg.alpha_min}")
+        if not 0.0 <= cfg.p_zero <= 1.0:
+            raise ValueError(f"ratio.p_zero must be in [0, 1], got {cfg.p_zero}")
+        return cfg
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else float(lo)
+
+
+def _crop_matrix(rng: np.random.Generator, h: int, w: int, tile: int, cfg: AugmentConfig) -> np.ndarray:
+    """2x3 matrix mapping centred output pixel offsets (u, v) to frame pixel coordinates (x, y)."""
+    half = (tile - 1) / 2.0
+    # centre such that an unrotated crop lies inside the frame when the frame allows it
+    cx = rng.uniform(min(half, (w - 1) / 2), max(w - 1 - half, (w - 1) / 2))
+    cy = rng.uniform(min(half, (h - 1) / 2), max(h - 1 - half, (h - 1) / 2))
+    cx, cy = round(cx - half) + half, round(cy - half) + half  # on the pixel grid: no blur when unrotated
+    k = int(rng.integers(4)) if cfg.rot90 else 0
+    angle = math.radians(90.0 * k + (rng.uniform(-cfg.max_angle, cfg.max_angle) if cfg.max_angle else 0.0))
+    s = _log_uniform(rng, *cfg.scale)
+    flip = -1.0 if (cfg.flip and rng.random() < 0.5) else 1.0
+    c, si = math.cos(angle), math.sin(angle)
+    lin = s * np.array([[c, -si], [si, c]]) @ np.diag([flip, 1.0])
+    return np.concatenate([lin, [[cx], [cy]]], axis=1)
+
+
+def _resample(
+    frame: torch.Tensor, mask: torch.Tensor, mat: np.ndarray, base: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample one crop (frame, mask: float [1,1,H,W]) through ``mat``; ``base`` holds the
+    centred output pixel offsets (u, v, 1) as [T,T,3]."""
+    h, w = frame.shape[-2:]
+    # pixel -> grid_sample coordinates (align_corners=True: -1/1 are the edge pixel centres)
+    to_grid = np.array([[2.0 / max(w - 1, 1), 0.0, -1.0], [0.0, 2.0 / max(h - 1, 1), -1.0]])
+    full = to_grid @ np.vstack([mat, [0.0, 0.0, 1.0]])
+    grid = (base @ torch.from_numpy(full.T.astype(np.float32)))[None]  # [1,T,T,2] as (x, y)
+    img = F.grid_sample(frame, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+    lab = F.grid_sample(mask, grid, mode="nearest", padding_mode="reflection", align_corners=True)
+    return img[0], lab[0, 0]
+
+
+def photometric(images: torch.Tensor, rng: np.random.Generator, cfg: AugmentConfig) -> torch.Tensor:
+    """Intensity shift, contrast about the crop mean and gamma, per crop; result in [0, 1]."""
+    b = images.shape[0]
+    shift = torch.tensor(rng.uniform(-cfg.brightness, cfg.brightness, b) if cfg.brightness else np.zeros(b))
+    contrast = torch.tensor([_log_uniform(rng, *cfg.contrast) for _ in range(b)])
+    gamma = torch.tensor([_log_uniform(rng, *cfg.gamma) for _ in range(b)])
+    view = (b, 1, 1, 1)
+    x = images
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    x = (x - mean) * contrast.view(view).to(x) + mean + shift.view(view).to(x)
+    x = x.clamp(0.0, 1.0) ** gamma.view(view).to(x)
+    return x.clamp(0.0, 1.0)
+
+
+class CropSampler:
+    """Draws augmented random crops from whole frames, frames chosen in proportion to area."""
+
+    def __init__(self, items: list[LabelledImage], tile: int, cfg: AugmentConfig | None = None):
+        if not items:
+            raise ValueError("CropSampler needs at least one image")
+        if not isinstance(tile, int) or tile < 8:
+            raise ValueError(f"tile must be an integer >= 8, got {tile!r}")
+        self.items = items
+        self.tile = tile
+        self.cfg = cfg or AugmentConfig()
+        self._frames = [torch.from_numpy(it.normalized)[None, None] for it in items]
+        self._masks = [torch.from_numpy(it.mask.astype(np.float32))[None, None] for it in items]
+        r = torch.arange(tile, dtype=torch.float32) - (tile - 1) / 2.0
+        v, u = torch.meshgrid(r, r, indexing="ij")
+        self._base = torch.stack([u, v, torch.ones_like(u)], dim=-1)
+        area = np.array([it.mask.size for it in items], np.float64)
+        self._p = area / area.sum()
+
+    def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return images float32 [B,1,T,T] in [0,1] and masks int64 [B,T,T]."""
+        idx = rng.choice(len(self.items), size=batch, p=self._p)
+        imgs, labs = [], []
+        for i in idx:
+            h, w = self.items[i].mask.shape
+            mat = _crop_matrix(rng, h, w, self.tile, self.cfg)
+            img, lab = _resample(self._frames[i], self._masks[i], mat, self._base)
+            imgs.append(img)
+            labs.append(lab)
+        images = photometric(torch.stack(imgs), rng, self.cfg)
+        return images, torch.stack(labs).round().to(torch.int64)
+
+
+def window_origins(h: int, w: int, tile: int, stride: int | None = None) -> list[tuple[int, int]]:
+    """Top-left corners of tiles covering an [h, w] frame; the last row/column is shifted to fit."""
+    stride = stride or tile
+
+    def axis(n: int) -> list[int]:
+        if n <= tile:
+            return [0]
+        starts = list(range(0, n - tile + 1, stride))
+        if starts[-1] != n - tile:
+            starts.append(n - tile)
+        return starts
+
+    return [(y, x) for y in axis(h) for x in axis(w)]
+
+
+def sliding_windows(
+    items: list[LabelledImage], tile: int, batch: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Validation crops: every frame covered by tiles, frames smaller than a tile mirrored to fit."""
+    imgs: list[np.ndarray] = []
+    labs: list[np.ndarray] = []
+    for it in items:
+        frame, mask = it.normalized, it.mask
+        ph, pw = max(0, tile - frame.shape[0]), max(0, tile - frame.shape[1])
+        if ph or pw:
+            frame = np.pad(frame, ((0, ph), (0, pw)), mode="symmetric")
+            mask = np.pad(mask, ((0, ph), (0, pw)), mode="symmetric")
+        for y, x in window_origins(*frame.shape, tile):
+            imgs.append(frame[y : y + tile, x : x + tile])
+            labs.append(mask[y : y + tile, x : x + tile])
+            if len(imgs) == batch:
+                yield _stack(imgs, labs)
+                imgs, labs = [], []
+    if imgs:
+        yield _stack(imgs, labs)
+
+
+def _stack(imgs: list[np.ndarray], labs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.from_numpy(np.stack(imgs)[:, None].astype(np.float32))
+    return images, torch.from_numpy(np.stack(labs).astype(np.int64))
+
+
+def true_ratios(masks: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Fraction of each class in each crop (Eq. 1): float32 [B, n]."""
+    counts = F.one_hot(masks.reshape(masks.shape[0], -1), n_classes).sum(dim=1)
+    return counts.to(torch.float32) / masks[0].numel()
+
+
+def input_ratios(
+    masks: torch.Tensor, n_classes: int, rng: np.random.Generator, cfg: RatioConfig
+) -> torch.Tensor:
+    """The PLM's ratio input per crop: the crop's true ratio guessed at alpha ~ U[alpha_min, 1]
+    (Eq. 4-5), or all zeros ("unknown") with probability ``p_zero``."""
+    out = np.zeros((masks.shape[0], n_classes), np.float32)
+    for b, m in enumerate(masks.numpy()):
+        if rng.random() < cfg.p_zero:
+            continue
+        alpha = rng.uniform(cfg.alpha_min, 1.0)
+        out[b] = ratio_ops.guess(ratio_ops.from_mask(m, n_classes), alpha)
+    return torch.from_numpy(out)
