@@ -9,9 +9,7 @@ import tifffile
 
 pytest.importorskip("torch")
 
-from phaseedge import synth  # noqa: E402
-from phaseedge.normalize import frame_range  # noqa: E402
-from phaseedge.train.augment import (  # noqa: E402
+from phaseedge.train.augment import (
     AugmentConfig,
     CropSampler,
     RatioConfig,
@@ -20,10 +18,19 @@ from phaseedge.train.augment import (  # noqa: E402
     true_ratios,
     window_origins,
 )
-from phaseedge.train.data import load_folder, read_split, synthetic  # noqa: E402
+from phaseedge.train.data import load_folder, read_split, synthetic
+
+from phaseedge import synth
+from phaseedge.normalize import frame_range
 
 IDENTITY = AugmentConfig(
-    flip=False, rot90=False, max_angle=0.0, scale=(1.0, 1.0), brightness=0.0, contrast=(1.0, 1.0), gamma=(1.0, 1.0)
+    flip=False,
+    rot90=False,
+    max_angle=0.0,
+    scale=(1.0, 1.0),
+    brightness=0.0,
+    contrast=(1.0, 1.0),
+    gamma=(1.0, 1.0),
 )
 
 
@@ -58,7 +65,12 @@ def test_band_crop_16bit_and_rgb_mask(tmp_path):
 
 @pytest.mark.parametrize(
     "case, message",
-    [("missing", "no mask"), ("values", "label value 3"), ("small", "smaller than its mask"), ("colour", "colour")],
+    [
+        ("missing", "no mask"),
+        ("values", "label value 3"),
+        ("small", "smaller than its mask"),
+        ("colour", "colour"),
+    ],
 )
 def test_bad_data_names_the_file(tmp_path, case, message):
     img, mask = synth.micrograph((32, 32), n_phases=3, seed=1, dtype=np.uint8)
@@ -85,9 +97,10 @@ def test_identity_crops_are_frame_windows():
     for img, m in zip(images[:, 0].numpy(), masks.numpy()):
         hits = [
             (y, x)
-            for y in range(0, 96 - 31)
-            for x in range(0, 80 - 31)
-            if np.array_equal(mask[y : y + 32, x : x + 32], m) and np.allclose(frame[y : y + 32, x : x + 32], img, atol=1e-5)
+            for y in range(96 - 31)
+            for x in range(80 - 31)
+            if np.array_equal(mask[y : y + 32, x : x + 32], m)
+            and np.allclose(frame[y : y + 32, x : x + 32], img, atol=1e-5)
         ]
         assert hits, "an unaugmented crop must be an exact window of the frame"
 
@@ -110,7 +123,9 @@ def test_augmented_crops_keep_image_and_mask_aligned():
         if sel.sum() > 100:
             vals = images[:, 0].numpy()[sel]
             expected = item.normalized[mask == k][0]
-            assert np.median(np.abs(vals - expected)) < 1e-3  # nearest mask vs bilinear image agree inside regions
+            assert (
+                np.median(np.abs(vals - expected)) < 1e-3
+            )  # nearest mask vs bilinear image agree inside regions
 
 
 def test_sliding_windows_cover_frames_and_pad_small_ones():

@@ -15,15 +15,15 @@ perturbed like an expert's guess of random accuracy, and sometimes zeroed ("unkn
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from phaseedge.train.data import LabelledImage
 
 from phaseedge import ratio as ratio_ops
-from phaseedge.train.data import LabelledImage
 
 
 @dataclass

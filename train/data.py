@@ -119,7 +119,9 @@ def _find_image(images_dir: Path, name: str) -> Path:
         for cand in (images_dir / f"{name}{suffix}", images_dir / f"{name}{suffix.upper()}"):
             if cand.is_file():
                 return cand
-    raise FileNotFoundError(f"no image named {name!r} in {images_dir} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    raise FileNotFoundError(
+        f"no image named {name!r} in {images_dir} (looked for {', '.join(IMAGE_SUFFIXES)})"
+    )
 
 
 def load_folder(root: str | Path, n_classes: int, names: list[str] | None = None) -> list[LabelledImage]:
@@ -136,7 +138,9 @@ def load_folder(root: str | Path, n_classes: int, names: list[str] | None = None
             raise ValueError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     if len(set(names)) != len(names):
         raise ValueError(f"{root}: split names repeat an image")
-    return [read_pair(p := _find_image(images_dir, n), labels_dir / f"{p.stem}.png", n_classes) for n in names]
+    return [
+        read_pair(p := _find_image(images_dir, n), labels_dir / f"{p.stem}.png", n_classes) for n in names
+    ]
 
 
 def synthetic(

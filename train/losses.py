@@ -60,7 +60,9 @@ def resolve_class_weights(cfg: LossConfig, frequencies: np.ndarray) -> np.ndarra
     return w
 
 
-def soft_dice_loss(probs: torch.Tensor, onehot: torch.Tensor, weights: torch.Tensor, smooth: float) -> torch.Tensor:
+def soft_dice_loss(
+    probs: torch.Tensor, onehot: torch.Tensor, weights: torch.Tensor, smooth: float
+) -> torch.Tensor:
     """1 - weighted mean over classes of the batch soft Dice; classes absent from both the
     batch's truth and prediction give Dice 1 through the smoothing term."""
     dims = (0, 2, 3)
@@ -87,4 +89,9 @@ def segmentation_loss(
     dice = soft_dice_loss(probs, onehot, w, cfg.smooth)
     ratio_mse = F.mse_loss(probs.mean(dim=(2, 3)), ratio_true.to(probs))
     total = cfg.ce_weight * ce + cfg.dice_weight * dice + cfg.ratio_weight * ratio_mse
-    return total, {"loss": float(total), "ce": float(ce), "dice_loss": float(dice), "ratio_mse": float(ratio_mse)}
+    return total, {
+        "loss": float(total),
+        "ce": float(ce),
+        "dice_loss": float(dice),
+        "ratio_mse": float(ratio_mse),
+    }
