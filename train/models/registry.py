@@ -1,0 +1,171 @@
+"""Model registry with explicit builder constants (as segment-anything's build_sam.py).
+
+``build_model(name, n_classes, plm=True, tile=None, **overrides)`` is the one way to make a
+model; ``phaseedge.train.checkpoint.load`` rebuilds from ``config.json`` through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from phaseedge.train.models.common import SegmentationModel, make_config
+from phaseedge.train.models.sam import LoRASam
+from phaseedge.train.models.unet import UNet
+
+# SAM image encoders as in segment_anything/build_sam.py (patch 16, MLP ratio 4, window 14,
+# relative positions, qkv bias, LayerNorm eps 1e-6, neck to 256 channels).
+_SAM_COMMON = {"patch_size": 16, "mlp_ratio": 4.0, "out_chans": 256, "window_size": 14}
+_SAM_DECODER = {"depth": 2, "num_heads": 8, "mlp_dim": 2048, "downsample": 2}
+
+
+@dataclass(frozen=True)
+class SamSpec:
+    encoder: dict[str, Any]
+    decoder: dict[str, Any]
+    default_tile: int = 512
+    checkpoint_tile: int = 1024  # the size the official weights were trained at (pos_embed 64x64)
+    default_lora_rank: int = 512  # paper Table 4
+
+
+@dataclass(frozen=True)
+class UNetSpec:
+    width: int
+    depth: int
+    default_tile: int = 256
+
+
+SAM_SPECS: dict[str, SamSpec] = {
+    "sam-vit-b": SamSpec(
+        {**_SAM_COMMON, "embed_dim": 768, "depth": 12, "num_heads": 12, "global_attn_indexes": (2, 5, 8, 11)},
+        _SAM_DECODER,
+    ),
+    "sam-vit-l": SamSpec(
+        {
+            **_SAM_COMMON,
+            "embed_dim": 1024,
+            "depth": 24,
+            "num_heads": 16,
+            "global_attn_indexes": (5, 11, 17, 23),
+        },
+        _SAM_DECODER,
+    ),
+    "sam-vit-h": SamSpec(
+        {
+            **_SAM_COMMON,
+            "embed_dim": 1280,
+            "depth": 32,
+            "num_heads": 16,
+            "global_attn_indexes": (7, 15, 23, 31),
+        },
+        _SAM_DECODER,
+    ),
+    # Same classes at toy size, for tests: grid 4 at tile 64 with window 3 exercises padding.
+    "sam-tiny": SamSpec(
+        {
+            "patch_size": 16,
+            "mlp_ratio": 4.0,
+            "out_chans": 32,
+            "window_size": 3,
+            "embed_dim": 32,
+            "depth": 2,
+            "num_heads": 2,
+            "global_attn_indexes": (1,),
+        },
+        {"depth": 2, "num_heads": 2, "mlp_dim": 64, "downsample": 2},
+        default_tile=64,
+        checkpoint_tile=128,
+        default_lora_rank=4,
+    ),
+}
+
+UNET_SPECS: dict[str, UNetSpec] = {
+    "unet": UNetSpec(width=16, depth=4),
+    "unet-tiny": UNetSpec(width=4, depth=2, default_tile=32),
+}
+
+MODEL_NAMES: tuple[str, ...] = (*SAM_SPECS, *UNET_SPECS)
+
+
+def build_model(
+    name: str, n_classes: int, plm: bool = True, tile: int | None = None, **overrides: Any
+) -> SegmentationModel:
+    """Build a registered model in train mode.
+
+    SAM models accept ``lora_rank`` (0 = no LoRA) and ``lora_alpha`` (default = rank, scale 1);
+    U-Nets accept ``width`` and ``depth``. Weights are random; load SAM's with
+    ``load_sam_checkpoint`` and trained ones with ``phaseedge.train.checkpoint.load``.
+    """
+    if name not in SAM_SPECS and name not in UNET_SPECS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
+    if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        raise ValueError(f"n_classes must be an integer >= 2, got {n_classes!r}")
+    if not isinstance(plm, bool):
+        raise TypeError(f"plm must be True or False, got {plm!r}")
+    spec = SAM_SPECS.get(name) or UNET_SPECS[name]
+    tile = spec.default_tile if tile is None else tile
+    if isinstance(tile, bool) or not isinstance(tile, int) or tile < 1:
+        raise ValueError(f"tile must be a positive integer, got {tile!r}")
+    if isinstance(spec, SamSpec):
+        return _build_sam(name, spec, n_classes, plm, tile, overrides)
+    return _build_unet(name, spec, n_classes, plm, tile, overrides)
+
+
+def _check_overrides(name: str, overrides: dict[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise ValueError(f"{name} does not take {', '.join(unknown)}; it accepts {', '.join(allowed)}")
+
+
+def _build_sam(
+    name: str, spec: SamSpec, n_classes: int, plm: bool, tile: int, overrides: dict[str, Any]
+) -> LoRASam:
+    _check_overrides(name, overrides, ("lora_rank", "lora_alpha"))
+    patch = spec.encoder["patch_size"]
+    if tile % patch:
+        raise ValueError(f"{name} tile must be a multiple of {patch}, got {tile}")
+    rank = overrides.get("lora_rank", spec.default_lora_rank)
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+        raise ValueError(f"lora_rank must be an integer >= 0 (0 = no LoRA), got {rank!r}")
+    alpha = overrides.get("lora_alpha", rank)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or (rank > 0 and alpha <= 0):
+        raise ValueError(f"lora_alpha must be a positive number, got {alpha!r}")
+    alpha = float(alpha) if rank > 0 else None
+    config = make_config(
+        architecture=name,
+        arch_kwargs={"lora_rank": rank, "lora_alpha": alpha},
+        n_classes=n_classes,
+        tile=tile,
+        plm=plm,
+        lora_rank=rank,
+        lora_alpha=alpha,
+    )
+    return LoRASam(
+        encoder=spec.encoder,
+        decoder=spec.decoder,
+        n_classes=n_classes,
+        tile=tile,
+        plm=plm,
+        lora_rank=rank,
+        lora_alpha=alpha or 0.0,
+        config=config,
+    )
+
+
+def _build_unet(
+    name: str, spec: UNetSpec, n_classes: int, plm: bool, tile: int, overrides: dict[str, Any]
+) -> UNet:
+    _check_overrides(name, overrides, ("width", "depth"))
+    width = overrides.get("width", spec.width)
+    depth = overrides.get("depth", spec.depth)
+    for key, value in (("width", width), ("depth", depth)):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"{key} must be an integer, got {value!r}")
+    config = make_config(
+        architecture=name,
+        arch_kwargs={"width": width, "depth": depth},
+        n_classes=n_classes,
+        tile=tile,
+        plm=plm,
+    )
+    return UNet(width=width, depth=depth, n_classes=n_classes, tile=tile, plm=plm, config=config)

@@ -1,0 +1,63 @@
+"""Plain U-Net baseline with the same Phase Learning Module before its 1x1 classifier.
+
+Small enough to train on a 2-core CPU at tile 256 (``unet``: width 16, depth 4, ~1.9M
+parameters). BatchNorm folds into the convolutions at export.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from phaseedge.train.models.common import SegmentationModel
+from phaseedge.train.models.plm import PhaseLearningModule
+from torch import nn
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(SegmentationModel):
+    """forward(image [B,1,T,T] in [0,1], ratio [B,n]) -> logits [B,n,T,T]; T divisible by 2**depth."""
+
+    def __init__(
+        self, *, width: int, depth: int, n_classes: int, tile: int, plm: bool, config: dict[str, Any]
+    ) -> None:
+        super().__init__(n_classes=n_classes, tile=tile, config=config)
+        if width < 1 or depth < 1:
+            raise ValueError(f"U-Net width and depth must be >= 1, got width={width}, depth={depth}")
+        if tile % (2**depth):
+            raise ValueError(f"tile {tile} must be divisible by 2**depth = {2**depth}")
+        chans = [width * 2**i for i in range(depth + 1)]
+        self.down = nn.ModuleList([_double_conv(1, chans[0])])
+        self.down.extend(_double_conv(chans[i], chans[i + 1]) for i in range(depth))
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.ModuleList(
+            nn.ConvTranspose2d(chans[i + 1], chans[i], kernel_size=2, stride=2)
+            for i in reversed(range(depth))
+        )
+        self.up_conv = nn.ModuleList(_double_conv(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.plm = PhaseLearningModule(width, n_classes) if plm else None
+        self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
+
+    def forward(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        self.check_inputs(image, ratio)
+        x = self.down[0](image)
+        skips = [x]
+        for block in self.down[1:]:
+            x = block(self.pool(x))
+            skips.append(x)
+        skips.pop()
+        for up, conv in zip(self.up, self.up_conv):
+            x = conv(torch.cat([skips.pop(), up(x)], dim=1))
+        if self.plm is not None:
+            x = self.plm(x, ratio)
+        return self.classifier(x)
