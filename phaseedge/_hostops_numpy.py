@@ -218,27 +218,21 @@ def owned_intervals(starts: np.ndarray | list[int], tile: int, length: int) -> n
     """0/1 weights [len(starts), tile] for centre-crop stitching along one axis.
 
     Each pixel of [0, length) is owned by exactly one tile: the one whose centre is nearest
-    (ties → the earlier tile). `starts` must be sorted and cover every pixel by its owner.
+    (ties → the earlier tile in `starts`). Every pixel must lie inside its owner.
     """
     s = np.asarray(starts, dtype=np.int64).reshape(-1)
     tile, length = int(tile), int(length)
     if tile < 1 or length < 1 or s.size == 0:
         raise ValueError(f"need tile >= 1, length >= 1 and at least one start, got {tile}, {length}, {s.size}")
-    if np.any(np.diff(s) < 0):
-        raise ValueError("starts must be sorted")
-    # pixel p goes to tile i when 2p <= (s_i + s_{i+1} + tile - 1): nearer to (or tied with) centre i
-    hi = np.empty(s.size, dtype=np.int64)  # last owned pixel (inclusive) of each tile
-    hi[:-1] = (s[:-1] + s[1:] + tile - 1) // 2
-    hi[-1] = length - 1
-    lo = np.empty(s.size, dtype=np.int64)
-    lo[0] = 0
-    lo[1:] = hi[:-1] + 1
-    hi = np.minimum(hi, length - 1)
-    lo = np.maximum(lo, 0)
-    owns = lo <= hi
-    if np.any(owns & ((lo < s) | (hi >= s + tile))):
-        i = int(np.argmax(owns & ((lo < s) | (hi >= s + tile))))
-        raise ValueError(f"tile {i} (start {s[i]}) does not cover the pixels {lo[i]}..{hi[i]} it owns: "
-                         "starts leave a gap")
-    k = np.arange(tile, dtype=np.int64)[None, :] + s[:, None]
-    return ((k >= lo[:, None]) & (k <= hi[:, None])).astype(np.float32)
+    p = np.arange(length, dtype=np.int64)
+    # twice the distance to each centre s + (tile - 1) / 2, in integers; argmin takes the first on ties
+    owner = np.argmin(np.abs(2 * p[:, None] - (2 * s[None, :] + tile - 1)), axis=1)
+    outside = (p < s[owner]) | (p >= s[owner] + tile)
+    if np.any(outside):
+        q = int(np.argmax(outside))
+        raise ValueError(f"pixel {q} lies outside its nearest tile (start {s[owner[q]]}, size {tile}): "
+                         "the starts leave a gap")
+    k = s[:, None] + np.arange(tile, dtype=np.int64)[None, :]
+    inside = (k >= 0) & (k < length)
+    owned = inside & (owner[np.clip(k, 0, length - 1)] == np.arange(s.size)[:, None])
+    return owned.astype(np.float32)

@@ -70,14 +70,14 @@ DT dtype_of(const py::array& a) {
 }
 
 std::string shape_str(const py::array& a) {
-    return py::str(py::tuple(py::cast(std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim()))));
+    return py::str(a.attr("shape")).cast<std::string>();
 }
 
 // isinstance, dtype and ndim, with the same messages as the numpy reference.
 py::array checked(const char* name, py::handle h, std::initializer_list<DT> allowed, int ndim, DT* got = nullptr) {
     if (!py::isinstance<py::array>(h)) {
         throw py::type_error(std::string(name) + " must be a numpy array, got " +
-                             py::str(h.get_type().attr("__name__")).cast<std::string>());
+                             py::str(py::type::handle_of(h).attr("__name__")).cast<std::string>());
     }
     auto a = py::reinterpret_borrow<py::array>(h);
     const DT d = dtype_of(a);
