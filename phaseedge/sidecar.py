@@ -261,7 +261,8 @@ def check_engine_compatible(
     Deserialising such an engine fails or misbehaves inside TensorRT; this catches it
     first. Version-compatible engines run on the same or a newer TensorRT of the same
     major version; hardware-compatible ones on any Ampere-or-later GPU; TensorRT-RTX
-    engines built without a GPU are compiled for the GPU at load time.
+    engines (built with or without a GPU) on any GPU of compute capability 8.0 or later,
+    as they are compiled for the GPU at load time.
     """
     if sidecar.kind != "engine" or sidecar.engine is None:
         raise SidecarError(f"sidecar describes a {sidecar.kind} file, not an engine")
@@ -284,8 +285,14 @@ def check_engine_compatible(
     elif built_v != here_v:
         fail("TensorRT version", eng.tensorrt_version, trt_version)
 
+    if eng.target == "rtx":
+        # Built ahead of time for every RTX architecture from Ampere on (TensorRT-RTX's
+        # default); kernels are compiled for the actual GPU when the engine is loaded.
+        if _version_tuple(cc) < (8, 0):
+            fail("TensorRT-RTX GPUs (compute capability 8.0 or later)", "", f"{gpu_name} with {cc}")
+        return
     if eng.compute_capability is None:
-        if eng.target == "rtx" or eng.hardware_compatible:
+        if eng.hardware_compatible:
             return
         fail("GPU", eng.gpu_name, f"{gpu_name} (compute capability {cc})")
     if eng.hardware_compatible:

@@ -135,6 +135,8 @@ def test_engine_compatibility_modes():
     rtx = make(kind="engine", engine=engine_info(target="rtx", tensorrt_version="1.7.1",
                                                  gpu_name=sc_mod.NO_GPU, compute_capability=None))
     sc_mod.check_engine_compatible(rtx, "1.7.1", "NVIDIA GeForce RTX 4090", "8.9", target="rtx")
+    with pytest.raises(SidecarError, match="8.0 or later"):
+        sc_mod.check_engine_compatible(rtx, "1.7.1", "NVIDIA GeForce RTX 2080 Ti", "7.5")
     with pytest.raises(SidecarError, match="1.7.1"):
         sc_mod.check_engine_compatible(rtx, "1.8.0", "NVIDIA GeForce RTX 4090", "8.9")
 
