@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-
 from phaseedge.bench import cli, floor
 from phaseedge.bench.models import parse_frame
 
@@ -107,3 +106,38 @@ def test_floor_command_prints_json(exported, capsys):
 def test_floor_command_missing_model_is_a_clear_error(tmp_path, capsys):
     assert cli.main(["floor", "--model", str(tmp_path / "nope.onnx")]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+class TinyNet(nn.Module):
+    """A contract-shaped segmentation model (fp16 image in, fp16 softmax out), fast to export.
+
+    The PLM-like ratio path makes the output depend on the ratio, as a PLM model's does.
+    """
+
+    def __init__(self, n_classes: int = 3) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.c2 = nn.Conv2d(8, n_classes, 3, padding=1)
+        self.r = nn.Linear(n_classes, n_classes)
+
+    def forward(self, image, ratio):
+        x = torch.relu(self.c1(image.float()))
+        logits = self.c2(x) + self.r(ratio)[:, :, None, None]
+        return torch.softmax(logits, dim=1).half()
+
+
+def export_tiny(path, tile: int = 32, n_classes: int = 3, seed: int = 0):
+    """TinyNet exported with the (fast) TorchScript exporter, plus its sidecar."""
+    from phaseedge import sidecar
+
+    torch.manual_seed(seed)
+    net = TinyNet(n_classes).eval()
+    torch.onnx.export(net, (torch.rand(2, 1, tile, tile).half(), torch.rand(2, n_classes)), str(path),
+                      dynamo=False, input_names=["image", "ratio"], output_names=["probs"],
+                      dynamic_axes={"image": {0: "B"}, "ratio": {0: "B"}, "probs": {0: "B"}})
+    inputs, outputs = sidecar.io_specs(tile, n_classes)
+    sidecar.write(sidecar.Sidecar(kind="onnx", architecture="tiny-test", plm=True,
+                                  class_names=tuple(f"c{i}" for i in range(n_classes)), n_classes=n_classes,
+                                  tile=tile, normalization={"method": "percentile", "low": 0.5, "high": 99.5},
+                                  inputs=inputs, outputs=outputs, batch=(1, 4, 8), precision="fp32"), path)
+    return net, path

@@ -1,0 +1,54 @@
+"""`phaseedge-bench latency` smoke tests: tiny model, tiny frames, no timing asserted."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from phaseedge.bench import cli, latency
+from phaseedge.bench.models import resolve
+
+pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+from tests.test_bench_floor import export_tiny
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return export_tiny(tmp_path_factory.mktemp("lat") / "tiny.onnx")[1]
+
+
+def test_latency_json_has_the_promised_keys(tiny, tmp_path, capsys):
+    rc = cli.main(["latency", "--model", str(tiny), "--frame", "80x60", "--runs", "3", "--warmup", "1",
+                   "--backend", "onnxruntime", "--json", "--out", str(tmp_path)])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    for key in ("p50_ms", "p90_ms", "p99_ms", "megapixels_per_s", "pipeline_efficiency", "peak_host_mb", "stages"):
+        assert report[key] is not None, key
+    assert report["p50_ms"] <= report["p90_ms"] <= report["p99_ms"]
+    assert 0 < report["pipeline_efficiency"] <= 1
+    assert {"prepare", "infer", "stitch"} <= set(report["stages"])
+    (variant,) = report["variants"]
+    assert variant["runs"] == 3 and variant["floor_ms"] > 0
+    assert report["megapixels_per_s"] == pytest.approx(80 * 60 / 1e6 / (report["p50_ms"] / 1e3))
+    assert report["versions"]["onnxruntime"]
+    assert json.loads((tmp_path / "latency.json").read_text())["p50_ms"] == report["p50_ms"]
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_all_skips_what_this_machine_lacks_with_a_reason(tiny):
+    from phaseedge.gpu import has_cuda_gpu
+
+    variants = {v.key: v for v in latency.plan_variants("all", resolve(tiny), None, None)}
+    assert set(variants) == set(latency.ALL_VARIANTS)
+    assert variants["ort-cpu"].skip is None
+    assert "no engine given" in variants["tensorrt"].skip
+    if not has_cuda_gpu():
+        assert "GPU" in variants["ort-cuda"].skip and "GPU" in variants["ort-tensorrt"].skip
+
+
+def test_bad_arguments_are_refused(tiny, capsys):
+    assert cli.main(["latency", "--model", str(tiny), "--runs", "0"]) == 2
+    assert "--runs" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["latency", "--model", str(tiny), "--frame", "big"])
