@@ -1,0 +1,99 @@
+"""What one segmented frame gives back, and how to draw it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+#: distinct, colour-blind-friendly-ish colours (Okabe-Ito first), RGB
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
+    (213, 94, 0), (204, 121, 167), (120, 120, 120), (153, 0, 0), (0, 0, 128),
+)
+
+
+def palette(n: int) -> np.ndarray:
+    """uint8 [n, 3] RGB colours; beyond the fixed list, evenly spaced hues."""
+    import cv2
+
+    colours = list(PALETTE[:n])
+    for i in range(len(colours), n):
+        hsv = np.uint8([[[int(180 * i / n), 200, 230]]])
+        colours.append(tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0]))
+    return np.array(colours, dtype=np.uint8).reshape(n, 3)
+
+
+@dataclass
+class Result:
+    """Segmentation of one frame.
+
+    labels: uint8 [H, W] class indices; fractions: class name -> pixel fraction (sums to 1);
+    timings: seconds per stage; probabilities: float32 [n, H, W] when asked for.
+    """
+
+    labels: np.ndarray
+    fractions: dict[str, float]
+    class_names: tuple[str, ...]
+    counts: np.ndarray
+    timings: dict[str, float] = field(default_factory=dict)
+    probabilities: np.ndarray | None = None
+    ratio: np.ndarray | None = None
+    ratio_mode: str = "global"
+    backend: str = ""
+
+    @property
+    def fraction_vector(self) -> np.ndarray:
+        """float64 [n] fractions in class order."""
+        return np.array([self.fractions[c] for c in self.class_names], dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-able summary (no arrays): what the CLI writes and adapters attach."""
+        return {
+            "fractions": dict(self.fractions),
+            "class_names": list(self.class_names),
+            "pixel_counts": {c: int(k) for c, k in zip(self.class_names, self.counts)},
+            "shape": list(self.labels.shape),
+            "ratio": None if self.ratio is None else [float(r) for r in self.ratio],
+            "ratio_mode": self.ratio_mode,
+            "backend": self.backend,
+            "timings": dict(self.timings),
+        }
+
+    def overlay(self, image: np.ndarray, alpha: float = 0.45, legend: bool = True) -> np.ndarray:
+        """RGB uint8 [H, W, 3]: the grey frame with class colours blended in, plus a legend
+        box (colour, name, fraction) in the top-left corner."""
+        from phaseedge.normalize import apply, check_frame, frame_range
+
+        frame = check_frame(image)
+        if frame.shape != self.labels.shape:
+            raise ValueError(f"image shape {frame.shape} differs from the labels' {self.labels.shape}")
+        lo, hi = frame_range(frame)
+        grey = (apply(frame, lo, hi) * 255).astype(np.uint8)
+        colours = palette(len(self.class_names))
+        out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
+        out = (1 - alpha) * out + alpha * colours[self.labels].astype(np.float32)
+        out = np.clip(out, 0, 255).astype(np.uint8)
+        if legend:
+            _draw_legend(out, self.class_names, self.fraction_vector, colours)
+        return out
+
+
+def _draw_legend(img: np.ndarray, names: tuple[str, ...], fractions: np.ndarray, colours: np.ndarray) -> None:
+    import cv2
+
+    h, w = img.shape[:2]
+    scale = max(0.35, min(h, w) / 1200)
+    thick = max(1, round(scale * 1.5))
+    line = int(28 * scale) + 6
+    texts = [f"{n}  {100 * f:.1f}%" for n, f in zip(names, fractions)]
+    tw = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in texts)
+    box_w = min(w, tw + line + 16)
+    box_h = min(h, line * len(texts) + 8)
+    img[:box_h, :box_w] = (img[:box_h, :box_w] * 0.3).astype(np.uint8)
+    for i, (t, c) in enumerate(zip(texts, colours)):
+        y = 4 + i * line
+        cv2.rectangle(img, (6, y + 3), (6 + line - 8, y + line - 5), tuple(int(v) for v in c), -1)
+        cv2.putText(img, t, (line + 6, y + line - 8), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), thick,
+                    cv2.LINE_AA)

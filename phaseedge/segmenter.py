@@ -1,0 +1,413 @@
+"""`Segmenter`: whole SEM frames in, label maps and phase fractions out.
+
+Data flows one way: frame -> check + per-frame normalisation range -> tiles (host ops)
+-> backend -> stitch into a row band -> finish rows as soon as they are final -> Result.
+Construction is cheap; the backend (session, engine, weights) is set up on first use
+or on ``__enter__``. One lock guards the backend, so any number of threads may call
+``segment`` on one Segmenter; frames are processed one at a time on the backend.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phaseedge import hostops
+from phaseedge import ratio as ratio_mod
+from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend
+from phaseedge.normalize import check_frame, frame_range
+from phaseedge.result import Result
+from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
+
+RATIO_MODES = ("global", "local", "calibrate", "none")
+#: tiles the calibrate mode's first pass looks at (evenly spread over the grid)
+CALIBRATE_TILES = 32
+#: pixel stride inside each of those tiles when sampling probabilities for the prior shift
+CALIBRATE_STRIDE = 4
+#: rotating tile buffers: a backend may pull batch k+1 (and k+2 while copying) before returning k
+_N_BUFFERS = 3
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+
+
+def default_model() -> Path:
+    """Path of the bundled demo model (``phaseedge/models/default.onnx`` with its sidecar)."""
+    path = MODELS_DIR / "default.onnx"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the bundled model {path} is not there: this phaseedge build ships without it "
+            "(it is trained and exported by `phaseedge-train` / `phaseedge-export`); pass --model PATH"
+        )
+    return path
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A checked frame plus its normalisation range: everything infer needs, computed once."""
+
+    frame: np.ndarray  # 2-D, C-contiguous uint8/uint16/float32
+    lo: float
+    hi: float
+    seconds: float
+
+
+class Segmenter:
+    """Tiled phase segmentation of whole frames with one model.
+
+    model: path to an ``.onnx`` or ``.engine`` (each with its sidecar), a checkpoint
+    directory, ``"default"`` (the bundled model), a ``torch.nn.Module`` (backend "torch")
+    or a ready `Backend`. backend: "auto" (from the model: .engine -> tensorrt, .onnx ->
+    onnxruntime, directory/module -> torch) or a name. overlap in [0, 1); blend
+    "gaussian" or "center"; batch_size: tiles per backend call (default: the backend's
+    maximum). ratio_mode: how an expert ratio is used (see `segment`). queue_size bounds
+    `submit`'s queue. backend_options go to the backend constructor.
+    """
+
+    def __init__(self, model: Any = "default", backend: str = "auto", device: int = 0, overlap: float = 0.25,
+                 blend: str = "gaussian", batch_size: int | None = None, ratio_mode: str = "global",
+                 queue_size: int = 4, backend_options: dict[str, Any] | None = None) -> None:
+        self.overlap = validate_overlap(overlap)
+        self.blend = validate_blend(blend)
+        if ratio_mode not in RATIO_MODES:
+            raise ValueError(f"ratio_mode must be one of {', '.join(RATIO_MODES)}, got {ratio_mode!r}")
+        self.ratio_mode = ratio_mode
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        self.batch_size = batch_size
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
+        self.queue_size = queue_size
+        self.device = device
+        self._options = dict(backend_options or {})
+        self._backend: Backend | None = None
+        if isinstance(model, Backend):
+            if backend not in ("auto", model.name):
+                raise ValueError(f"backend={backend!r} given with a ready {model.name!r} backend")
+            self._backend, self.model, self.backend_name = model, model, model.name
+        else:
+            if isinstance(model, str) and model == "default":
+                model = default_model()
+            if isinstance(model, (str, os.PathLike)):
+                model = Path(model)
+                if not model.exists():
+                    raise FileNotFoundError(f"model not found: {model}")
+            if backend != "auto" and backend not in BACKENDS:
+                raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)} or 'auto'")
+            self.model = model
+            self.backend_name = auto_backend_name(model) if backend == "auto" else backend
+        self._lock = threading.RLock()  # the backend: one frame at a time
+        self._init_lock = threading.Lock()
+        self._queue: queue.Queue | None = None
+        self._worker: threading.Thread | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def backend(self) -> Backend:
+        """The backend, set up on first access (the heavy step)."""
+        if self._backend is None:
+            with self._init_lock:
+                if self._backend is None:
+                    self._backend = get_backend(self.backend_name, self.model, self.device, **self._options)
+        return self._backend
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(self.backend.class_names)
+
+    @property
+    def n_classes(self) -> int:
+        return self.backend.n_classes
+
+    @property
+    def tile(self) -> int:
+        return self.backend.tile
+
+    def __enter__(self) -> Segmenter:
+        _ = self.backend
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Finish queued `submit` work, stop the worker and release the backend."""
+        if self._worker is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._worker.join()
+            self._worker, self._queue = None, None
+        with self._lock:
+            if self._backend is not None and self._backend is not self.model:
+                self._backend.close()
+                self._backend = None
+
+    def __repr__(self) -> str:
+        return (f"Segmenter(model={str(self.model)!r}, backend={self.backend_name!r}, overlap={self.overlap}, "
+                f"blend={self.blend!r}, ratio_mode={self.ratio_mode!r})")
+
+    # ------------------------------------------------------------------ public API
+    def segment(self, image: Any, ratio: Any = None, return_probabilities: bool = False) -> Result:
+        """Segment one frame (a 2-D array, or a path read with `phaseedge.io.read_image`).
+
+        ratio: the expert's phase ratio (length n_classes, any positive scale; None or
+        zeros = unknown), checked by `phaseedge.ratio.validate`. How it is used depends
+        on ``ratio_mode``: "global" feeds it to every tile; "local" first runs a
+        ratio-free pass, estimates each tile's fractions, rescales them (iterative
+        proportional fitting) so the frame total matches the ratio while each tile stays
+        a valid ratio, and feeds those per tile (two passes); "calibrate" runs the model
+        ratio-free and shifts the class priors so the predicted fractions match the ratio
+        (`phaseedge.ratio.prior_shift`, estimated from a first pass over at most
+        CALIBRATE_TILES tiles); "none" ignores it. Without a ratio every mode is one
+        ratio-free pass.
+        """
+        r = ratio_mod.validate(ratio, self.n_classes)
+        prepared = self._prepare(image)
+        return self._segment_prepared(prepared, r, return_probabilities)
+
+    def segment_many(self, images: Iterable[Any], ratio: Any = None,
+                     return_probabilities: bool = False) -> Iterator[Result]:
+        """Segment a stream of frames (arrays or paths), yielding results in order.
+
+        The next frame is read, checked and its range computed on a helper thread while
+        the current one is inferred and stitched. An error for one frame is raised when
+        its result is due, which ends the stream.
+        """
+        r = ratio_mod.validate(ratio, self.n_classes)
+        it = iter(images)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="phaseedge-prepare") as pool:
+            pending: deque[Future] = deque()
+
+            def queue_next() -> None:
+                for image in it:
+                    pending.append(pool.submit(self._prepare, image))
+                    return
+
+            queue_next()
+            while pending:
+                prepared = pending.popleft().result()
+                queue_next()
+                yield self._segment_prepared(prepared, r, return_probabilities)
+
+    def submit(self, image: Any, ratio: Any = None, return_probabilities: bool = False,
+               block: bool = True, timeout: float | None = None) -> Future:
+        """Queue a frame for a background worker; returns a `Future` of its `Result`.
+
+        The frame is copied (acquisition software reuses its buffers). At most
+        ``queue_size`` frames wait: when the queue is full, ``submit`` blocks until one
+        starts (``block=True``, up to ``timeout`` seconds) or raises `queue.Full`
+        (``block=False``, or the timeout passed). Bad ratios are refused here; bad frames
+        come back as the future's exception.
+        """
+        r = ratio_mod.validate(ratio, self.n_classes)
+        if not isinstance(image, (str, os.PathLike)):
+            image = np.array(image, copy=True)
+        self._start_worker()
+        assert self._queue is not None
+        fut: Future = Future()
+        self._queue.put((fut, image, r, return_probabilities), block=block, timeout=timeout)
+        return fut
+
+    # ------------------------------------------------------------------ internals
+    def _start_worker(self) -> None:
+        with self._init_lock:
+            if self._worker is None:
+                self._queue = queue.Queue(maxsize=self.queue_size)
+                self._worker = threading.Thread(target=self._work, args=(self._queue,),
+                                                name="phaseedge-submit", daemon=True)
+                self._worker.start()
+
+    def _work(self, q: queue.Queue) -> None:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            fut, image, r, want_probs = item
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(self._segment_prepared(self._prepare(image), r, want_probs))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                fut.set_exception(exc)
+
+    def _prepare(self, image: Any) -> _Prepared:
+        t0 = time.perf_counter()
+        if isinstance(image, (str, os.PathLike)):
+            from phaseedge.io import read_image
+
+            image = read_image(image)
+        frame = np.ascontiguousarray(check_frame(image))
+        norm = self.backend.normalization
+        if norm.get("method") != "percentile":
+            raise ValueError(f"model asks for normalisation {norm!r}; this runtime knows 'percentile'")
+        lo, hi = frame_range(frame, float(norm.get("low", 0.5)), float(norm.get("high", 99.5)))
+        return _Prepared(frame, lo, hi, time.perf_counter() - t0)
+
+    def _segment_prepared(self, p: _Prepared, r: np.ndarray | None, want_probs: bool) -> Result:
+        with self._lock:
+            backend = self.backend
+            t0 = time.perf_counter()
+            h, w = p.frame.shape
+            grid = TileGrid.for_frame(h, w, backend.tile, self.overlap)
+            bs = min(self.batch_size or backend.max_batch, backend.max_batch)
+            batches = grid.batches(bs)
+            n = backend.n_classes
+            timings = {"prepare": p.seconds, "survey": 0.0, "tiles": 0.0, "stitch": 0.0, "finish": 0.0}
+            zeros = np.zeros((grid.n_tiles, n), np.float32)
+            tile_ratios, class_weights = zeros, None
+            mode = self.ratio_mode if r is not None else "none"
+            if mode == "global":
+                tile_ratios = np.ascontiguousarray(np.broadcast_to(r, zeros.shape))
+            elif mode == "local":
+                t = time.perf_counter()
+                fractions = self._tile_fractions(p, grid, batches, zeros, timings)
+                tile_ratios = local_ratios(fractions, grid.owned_area(), r)
+                timings["survey"] = time.perf_counter() - t
+            elif mode == "calibrate":
+                t = time.perf_counter()
+                sample = self._probability_sample(p, grid, bs, timings)
+                shift = ratio_mod.prior_shift(sample, r)
+                class_weights = np.exp(shift - shift.max()).astype(np.float32)
+                timings["survey"] = time.perf_counter() - t
+            t = time.perf_counter()
+            labels, counts, probs = self._stitch(p, grid, batches, tile_ratios, class_weights, want_probs, timings)
+            main = time.perf_counter() - t
+            timings["infer"] = main - timings["stitch"] - timings["finish"] - timings["tiles"]
+            timings["total"] = time.perf_counter() - t0 + p.seconds
+        total = max(int(counts.sum()), 1)
+        names = tuple(backend.class_names)
+        return Result(labels=labels, fractions={c: int(k) / total for c, k in zip(names, counts)},
+                      class_names=names, counts=counts, timings=timings, probabilities=probs, ratio=r,
+                      ratio_mode=self.ratio_mode, backend=backend.name)
+
+    def _stream(self, p: _Prepared, origins: np.ndarray, ratios: np.ndarray, batches: list[slice],
+                timings: dict[str, float]) -> Iterator[tuple[slice, np.ndarray]]:
+        """(batch, probs) for each batch, in order; tiles are cut while the backend works."""
+        backend, t = self.backend, self.backend.tile
+        biggest = max(b.stop - b.start for b in batches)
+        bufs = [np.empty((biggest, 1, t, t), np.float16) for _ in range(min(_N_BUFFERS, len(batches)))]
+        in_flight: deque[slice] = deque()
+
+        def feed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+            for k, sl in enumerate(batches):
+                t0 = time.perf_counter()
+                buf = bufs[k % len(bufs)][: sl.stop - sl.start]
+                hostops.gather_tiles(p.frame, origins[sl], t, p.lo, p.hi, buf)
+                in_flight.append(sl)
+                timings["tiles"] += time.perf_counter() - t0
+                yield buf, ratios[sl]
+
+        for probs in backend.infer_many(feed()):
+            sl = in_flight.popleft()
+            if probs.shape != (sl.stop - sl.start, backend.n_classes, t, t):
+                raise RuntimeError(f"backend {backend.name} returned shape {probs.shape} for a batch of "
+                                   f"{sl.stop - sl.start} tiles")
+            yield sl, np.ascontiguousarray(probs)
+
+    def _stitch(self, p: _Prepared, grid: TileGrid, batches: list[slice], tile_ratios: np.ndarray,
+                class_weights: np.ndarray | None, want_probs: bool,
+                timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Blend all tiles into a row band, finishing rows as soon as no later tile touches them."""
+        h, w = p.frame.shape
+        n = self.backend.n_classes
+        wy_rows, wx_cols = grid.windows(self.blend)
+        band = grid.band_height(batches)
+        acc = np.zeros((n, band, w), np.float32)
+        wsum = np.zeros((band, w), np.float32)
+        labels = np.empty((h, w), np.uint8)
+        counts = np.zeros(n, np.int64)
+        probs_out = np.empty((n, h, w), np.float32) if want_probs else None
+        origins = grid.origins
+        cols = len(grid.xs)
+        top = 0  # frame row held in acc[:, 0]
+        for sl, probs in self._stream(p, origins, tile_ratios, batches, timings):
+            t0 = time.perf_counter()
+            idx = np.arange(sl.start, sl.stop)
+            rel = origins[sl].copy()
+            rel[:, 0] -= top
+            hostops.accumulate(acc, wsum, probs, rel, np.ascontiguousarray(wy_rows[idx // cols]),
+                               np.ascontiguousarray(wx_cols[idx % cols]))
+            t1 = time.perf_counter()
+            timings["stitch"] += t1 - t0
+            done = grid.final_row_after(sl.stop)
+            if done > top:
+                rows = done - top
+                hostops.finish(acc, wsum, rows, labels[top:done], counts, class_weights,
+                               None if probs_out is None else probs_out[:, top:done])
+                _shift_band(acc, wsum, rows)
+                top = done
+                timings["finish"] += time.perf_counter() - t1
+        return labels, counts, probs_out
+
+    def _tile_fractions(self, p: _Prepared, grid: TileGrid, batches: list[slice], zeros: np.ndarray,
+                        timings: dict[str, float]) -> np.ndarray:
+        """Ratio-free pass: mean probability of each class over each tile's in-frame pixels."""
+        origins = grid.origins
+        h, w = p.frame.shape
+        out = np.empty(zeros.shape, np.float64)
+        for sl, probs in self._stream(p, origins, zeros, batches, timings):
+            for k, (y, x) in zip(range(sl.start, sl.stop), origins[sl]):
+                tile = probs[k - sl.start, :, : h - y, : w - x]
+                out[k] = tile.mean(axis=(1, 2), dtype=np.float64)
+        return out
+
+    def _probability_sample(self, p: _Prepared, grid: TileGrid, batch_size: int,
+                            timings: dict[str, float]) -> np.ndarray:
+        """Ratio-free probabilities of a strided pixel sample from up to CALIBRATE_TILES tiles,
+        class axis first ([n, m]): what the prior shift is estimated on."""
+        origins = grid.origins
+        pick = np.unique(np.round(np.linspace(0, grid.n_tiles - 1, min(CALIBRATE_TILES, grid.n_tiles))).astype(int))
+        sub = np.ascontiguousarray(origins[pick])
+        batches = [slice(i, min(i + batch_size, len(sub))) for i in range(0, len(sub), batch_size)]
+        ratios = np.zeros((len(sub), self.backend.n_classes), np.float32)
+        h, w = p.frame.shape
+        s = CALIBRATE_STRIDE
+        parts = []
+        for sl, probs in self._stream(p, sub, ratios, batches, timings):
+            for b, (y, x) in enumerate(sub[sl]):
+                parts.append(probs[b, :, : h - y : s, : w - x : s].reshape(probs.shape[1], -1).astype(np.float32))
+        return np.concatenate(parts, axis=1)
+
+
+def _shift_band(acc: np.ndarray, wsum: np.ndarray, rows: int) -> None:
+    """Drop the first ``rows`` finished rows of the band and zero the freed rows at its end.
+    Copied in chunks of ``rows`` so source and destination never overlap (no temporary)."""
+    band = wsum.shape[0]
+    keep = band - rows
+    for s in range(0, keep, rows):
+        e = min(s + rows, keep)
+        acc[:, s:e] = acc[:, s + rows: e + rows]
+        wsum[s:e] = wsum[s + rows: e + rows]
+    acc[:, keep:] = 0.0
+    wsum[keep:] = 0.0
+
+
+def local_ratios(tile_fractions: np.ndarray, area: np.ndarray, ratio: np.ndarray, steps: int = 100,
+                 floor: float = 1e-4) -> np.ndarray:
+    """Per-tile ratios [N, n] float32 close to each tile's own estimate whose area-weighted
+    total equals ``ratio``: iterative proportional fitting (Sinkhorn) of the tile x class
+    matrix to row sums = tile areas and column sums = ratio x frame area.
+
+    ``floor`` keeps a class the first pass missed reachable when the expert says it is there.
+    """
+    f = np.maximum(np.asarray(tile_fractions, np.float64), floor)
+    a = np.maximum(np.asarray(area, np.float64), 1.0)
+    a = a / a.sum()
+    target = np.asarray(ratio, np.float64)
+    m = f / f.sum(axis=1, keepdims=True) * a[:, None]
+    for _ in range(steps):
+        col = m.sum(axis=0)
+        m *= np.divide(target, col, out=np.zeros_like(col), where=col > 0)
+        m *= (a / m.sum(axis=1))[:, None]
+    out = m / m.sum(axis=1, keepdims=True)
+    return out.astype(np.float32)
