@@ -158,7 +158,8 @@ class Segmenter:
 
     # ------------------------------------------------------------------ public API
     def segment(self, image: Any, ratio: Any = None, return_probabilities: bool = False) -> Result:
-        """Segment one frame (a 2-D array, or a path read with `phaseedge.io.read_image`).
+        """Segment one frame: a 2-D array, a `phaseedge.io.Frame`, or a path (read with
+        `phaseedge.io.read_image`, information band removed).
 
         ratio: the expert's phase ratio (length n_classes, any positive scale; None or
         zeros = unknown), checked by `phaseedge.ratio.validate`. How it is used depends
@@ -242,10 +243,13 @@ class Segmenter:
 
     def _prepare(self, image: Any) -> _Prepared:
         t0 = time.perf_counter()
-        if isinstance(image, (str, os.PathLike)):
-            from phaseedge.io import read_image
+        if not isinstance(image, np.ndarray):
+            from phaseedge.io import Frame, read_image
 
-            image = read_image(image)
+            if isinstance(image, (str, os.PathLike)):
+                image = read_image(image)
+            if isinstance(image, Frame):
+                image = image.pixels
         frame = np.ascontiguousarray(check_frame(image))
         norm = self.backend.normalization
         if norm.get("method") != "percentile":

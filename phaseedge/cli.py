@@ -1,0 +1,170 @@
+"""``phaseedge`` command line: segment SEM images from disk.
+
+Exit status: 0 when every image was segmented, 1 when some failed (each with a
+one-line reason, after the others were finished), 2 when nothing could run (bad
+arguments, a model that does not load, a ratio the model refuses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from phaseedge import __version__
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def _ratio_arg(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"ratio must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise argparse.ArgumentTypeError("ratio is empty")
+    return values
+
+
+def _crop_arg(text: str) -> tuple[int, int]:
+    try:
+        rows, cols = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"crop must be ROWS,COLS, got {text!r}") from None
+    return rows, cols
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phaseedge", description=__doc__.split("\n")[0])
+    parser.add_argument("--version", action="version", version=f"phaseedge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    seg = sub.add_parser("segment", help="segment images; writes labels, overlays and phase fractions",
+                         description="Segment SEM images. Per image: NAME_labels.png (class index per pixel), "
+                                     "NAME_overlay.png (colours and legend), NAME.json (fractions, timings); "
+                                     "plus fractions.csv with one row per image.")
+    seg.add_argument("images", nargs="+", type=Path, help="TIFF/PNG/JPEG files")
+    seg.add_argument("--model", default="default",
+                     help="model .onnx/.engine (with sidecar), checkpoint dir, or 'default' (bundled)")
+    seg.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    seg.add_argument("--ratio", type=_ratio_arg, default=None,
+                     help="expert phase ratio in the model's class order, e.g. 0.6,0.3,0.1 (default: unknown)")
+    seg.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
+    seg.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
+    seg.add_argument("--blend", default="gaussian", choices=("gaussian", "center"))
+    seg.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"))
+    seg.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    seg.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
+    seg.add_argument("--crop", type=_crop_arg, default=None,
+                     help="keep the top-left ROWS,COLS pixels (instead of detecting the information band)")
+    seg.add_argument("--keep-band", action="store_true", help="do not detect/remove the information band")
+    seg.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNG")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "segment":
+        return segment_command(args)
+    return EXIT_UNUSABLE  # argparse's required=True makes this unreachable
+
+
+def _fail(message: str) -> int:
+    print(f"phaseedge: error: {message}", file=sys.stderr)
+    return EXIT_UNUSABLE
+
+
+def segment_command(args: argparse.Namespace) -> int:
+    import cv2
+    from tqdm import tqdm
+
+    from phaseedge import ratio as ratio_mod
+    from phaseedge.io import read_image
+    from phaseedge.segmenter import Segmenter
+
+    try:
+        seg = Segmenter(args.model, backend=args.backend, device=args.device, overlap=args.overlap,
+                        blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode)
+        seg.__enter__()  # load now: a model that does not load is one message, not N
+        ratio = ratio_mod.validate(args.ratio, seg.n_classes)
+    except (OSError, ImportError, ValueError, TypeError, RuntimeError) as exc:
+        return _fail(f"{exc}")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create output directory {args.out}: {exc}")
+
+    names = seg.class_names
+    paths = list(args.images)
+    stems = _unique_stems(paths)
+    rows: list[dict[str, Any]] = []
+    failed = 0
+    with seg, ThreadPoolExecutor(max_workers=1, thread_name_prefix="phaseedge-read") as pool:
+        to_read = iter(paths)
+        pending: deque = deque()
+
+        def read_next() -> None:  # the next file is read while the current one is segmented
+            for p in to_read:
+                pending.append(pool.submit(read_image, p, args.crop, not args.keep_band))
+                return
+
+        read_next()
+        for path, stem in zip(tqdm(paths, desc="segment", unit="image", disable=None), stems):
+            fut = pending.popleft()
+            read_next()
+            row: dict[str, Any] = {"image": str(path), "error": ""}
+            try:
+                frame = fut.result()
+                result = seg.segment(frame.pixels, ratio=ratio)
+                labels_png = args.out / f"{stem}_labels.png"
+                _write_png(cv2, labels_png, result.labels)
+                outputs = {"labels": labels_png.name}
+                if not args.no_overlay:
+                    overlay_png = args.out / f"{stem}_overlay.png"
+                    _write_png(cv2, overlay_png, cv2.cvtColor(result.overlay(frame.pixels), cv2.COLOR_RGB2BGR))
+                    outputs["overlay"] = overlay_png.name
+                info = {"image": str(path), **result.to_dict(), "pixel_size_m": frame.pixel_size_m,
+                        "band_rows_removed": frame.band_rows, "model": str(seg.model), "outputs": outputs,
+                        "labels_png": "pixel value = class index into class_names"}
+                (args.out / f"{stem}.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+                row.update({c: f"{result.fractions[c]:.6f}" for c in names})
+                row["seconds"] = f"{result.timings['total']:.3f}"
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
+                failed += 1
+                row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                tqdm.write(f"phaseedge: {path}: {row['error']}", file=sys.stderr)
+            rows.append(row)
+
+    csv_path = args.out / "fractions.csv"
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", *names, "seconds", "error"], restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    done = len(rows) - failed
+    print(f"phaseedge: {done}/{len(rows)} images segmented -> {args.out} ({csv_path.name})", file=sys.stderr)
+    return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
+
+
+def _unique_stems(paths: list[Path]) -> list[str]:
+    """Output name per input; repeated names (other folders, same file twice) get _2, _3, ..."""
+    seen: dict[str, int] = {}
+    out: list[str] = []
+    for p in paths:
+        seen[p.stem] = seen.get(p.stem, 0) + 1
+        out.append(p.stem if seen[p.stem] == 1 else f"{p.stem}_{seen[p.stem]}")
+    return out
+
+
+def _write_png(cv2: Any, path: Path, image: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

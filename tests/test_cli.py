@@ -1,0 +1,97 @@
+"""`phaseedge segment` end to end on a tiny graph: outputs, CSV, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+from runtime_graphs import write_graph
+
+from phaseedge import Segmenter, __version__
+from phaseedge.cli import main
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    model = write_graph(tmp_path / "m.onnx", "ratio", tile=32, n=3, class_names=["ferrite", "martensite", "bainite"])
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(tmp_path / "a.tif", rng.integers(0, 65535, (70, 90)).astype(np.uint16))
+    cv2.imwrite(str(tmp_path / "b.png"), rng.integers(0, 255, (40, 33)).astype(np.uint8))
+    (tmp_path / "bad.tif").write_bytes(b"not a tiff")
+    return tmp_path, model
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_segment_writes_labels_overlay_json_and_csv(workdir, capsys):
+    d, model = workdir
+    out = d / "out"
+    rc = main(["segment", str(d / "a.tif"), str(d / "b.png"), "--model", str(model), "--ratio", "0.6,0.3,0.1",
+               "--out", str(out), "--overlap", "0.5"])
+    assert rc == 0
+    rows = _rows(out / "fractions.csv")
+    assert [r["image"] for r in rows] == [str(d / "a.tif"), str(d / "b.png")]
+    assert all(r["error"] == "" for r in rows)
+    labels = cv2.imread(str(out / "a_labels.png"), cv2.IMREAD_UNCHANGED)
+    ref = Segmenter(model, overlap=0.5).segment(tifffile.imread(d / "a.tif"), ratio=[0.6, 0.3, 0.1])
+    assert np.array_equal(labels, ref.labels)
+    info = json.loads((out / "a.json").read_text())
+    assert info["fractions"] == pytest.approx(ref.fractions)
+    assert float(rows[0]["ferrite"]) == pytest.approx(ref.fractions["ferrite"], abs=1e-6)
+    overlay = cv2.imread(str(out / "b_overlay.png"))
+    assert overlay.shape == (40, 33, 3)
+
+
+def test_bad_files_fail_alone_with_a_reason(workdir, capsys):
+    d, model = workdir
+    out = d / "out"
+    rc = main(["segment", str(d / "bad.tif"), str(d / "a.tif"), str(d / "nope.png"), "--model", str(model),
+               "--out", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert "bad.tif" in err and "nope.png" in err and "1/3 images" in err
+    rows = _rows(out / "fractions.csv")
+    assert [bool(r["error"]) for r in rows] == [True, False, True]
+    assert (out / "a_labels.png").is_file()
+
+
+@pytest.mark.parametrize("extra,match", [
+    (["--ratio", "0.5,0.5"], "2 values but the model has 3"),
+    (["--ratio", "0.5,-0.2,0.7"], "negative"),
+])
+def test_bad_ratio_is_one_line_and_exit_2(workdir, capsys, extra, match):
+    d, model = workdir
+    rc = main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "o"), *extra])
+    assert rc == 2
+    err = capsys.readouterr().err.strip()
+    assert match in err and len(err.splitlines()) == 1
+
+
+def test_mismatched_or_missing_model_is_exit_2(workdir, capsys):
+    d, model = workdir
+    model.write_bytes(model.read_bytes() + b"\0")  # no longer the file its sidecar describes
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "o")]) == 2
+    assert "sha256" in capsys.readouterr().err
+    assert main(["segment", str(d / "a.tif"), "--model", str(d / "none.onnx"), "--out", str(d / "o")]) == 2
+
+
+def test_bad_arguments_exit_2(workdir):
+    d, model = workdir
+    with pytest.raises(SystemExit) as e:
+        main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "o"), "--ratio", "a,b"])
+    assert e.value.code == 2
+
+
+def test_version_entry_point():
+    out = subprocess.run([sys.executable, "-m", "phaseedge.cli", "--version"], capture_output=True, text=True,
+                         check=False)
+    assert out.returncode == 0 and out.stdout.strip() == f"phaseedge {__version__}"
