@@ -46,7 +46,7 @@ def default_model() -> Path:
     if not path.is_file():
         raise FileNotFoundError(
             f"the bundled model {path} is not there: this phaseedge build ships without it "
-            "(it is trained and exported by `phaseedge-train` / `phaseedge-export`); pass --model PATH"
+            "(it is made by `phaseedge-train` and `phaseedge-export`); use a model file instead"
         )
     return path
 

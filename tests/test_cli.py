@@ -95,3 +95,26 @@ def test_version_entry_point():
     out = subprocess.run([sys.executable, "-m", "phaseedge.cli", "--version"], capture_output=True, text=True,
                          check=False)
     assert out.returncode == 0 and out.stdout.strip() == f"phaseedge {__version__}"
+
+
+# ------------------------------------------------------------------ demo
+def test_demo_without_the_bundled_model_fails_clearly(tmp_path, monkeypatch, capsys):
+    from phaseedge import demo, segmenter
+
+    monkeypatch.setattr(segmenter, "MODELS_DIR", tmp_path)
+    assert demo.main(["--out", str(tmp_path / "o"), "--size", "64x48"]) == 2
+    assert "bundled model" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # no fake output
+
+
+def test_demo_runs_with_a_model(tmp_path, monkeypatch, capsys):
+    from phaseedge import demo, segmenter, synth
+
+    write_graph(tmp_path / "default.onnx", "ratio", tile=32, n=3, class_names=synth.class_names(3))
+    monkeypatch.setattr(segmenter, "MODELS_DIR", tmp_path)
+    assert demo.main(["--out", str(tmp_path / "o"), "--size", "96x64"]) == 0
+    out = capsys.readouterr().out
+    assert "macro Dice" in out and "s/MP" in out
+    summary = json.loads((tmp_path / "o" / "fractions.json").read_text())
+    assert 0 <= summary["macro_dice"] <= 1
+    assert {p.name for p in (tmp_path / "o").iterdir()} >= {"image.tif", "labels.png", "truth.png", "overlay.png"}

@@ -297,3 +297,22 @@ def test_import_stays_light():
             "print(sorted(m for m in ('torch', 'onnxruntime', 'tensorrt') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_pycromanager_processor_adds_fractions(affine):
+    from phaseedge.adapters import pycromanager_processor
+
+    seg = Segmenter(affine)
+    fn = pycromanager_processor(seg, ratio=[1, 1])
+    img = _frame((40, 30))
+    meta = {"Axes": {"time": 0}}
+    out_img, out_meta = fn(img, meta)
+    assert out_img is img and meta == {"Axes": {"time": 0}}
+    assert out_meta["phaseedge"]["fractions"] == seg.segment(img, ratio=[1, 1]).fractions
+    assert out_meta["phaseedge"]["ratio"] == [0.5, 0.5]
+    _, bad = fn(np.full((4, 4), np.nan, np.float32), {})
+    assert "NaN" in bad["phaseedge"]["error"]
+    with pytest.raises(ValueError, match="NaN"):
+        pycromanager_processor(seg, on_error="raise")(np.full((4, 4), np.nan, np.float32), {})
+    with pytest.raises(ValueError, match="negative"):
+        pycromanager_processor(seg, ratio=[-1, 2])
