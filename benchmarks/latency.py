@@ -54,7 +54,7 @@ class Variant:
 
 # ------------------------------------------------------------------ variants
 def plan_variants(which: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None,
-                  device: int = 0) -> list[Variant]:
+                  device: int = 0, threads: int | None = None) -> list[Variant]:
     """The variants ``--backend which`` asks for, each buildable or carrying its skip reason."""
     if which == "all":
         keys = ALL_VARIANTS
@@ -62,7 +62,7 @@ def plan_variants(which: str, spec: ModelSpec, engine: Path | None, torch_ckpt: 
         keys = (_auto_key(spec, engine),)
     else:
         keys = {"onnxruntime": ("ort-auto",), "torch": ("torch",), "tensorrt": ("tensorrt",)}[which]
-    return [_variant(k, spec, engine, torch_ckpt, device) for k in keys]
+    return [_variant(k, spec, engine, torch_ckpt, device, threads) for k in keys]
 
 
 def _auto_key(spec: ModelSpec, engine: Path | None) -> str:
@@ -71,11 +71,12 @@ def _auto_key(spec: ModelSpec, engine: Path | None) -> str:
     return "ort-auto" if spec.kind == "onnx" else "torch"
 
 
-def _variant(key: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None, device: int) -> Variant:
+def _variant(key: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None, device: int,
+             threads: int | None = None) -> Variant:
     from phaseedge.gpu import has_cuda_gpu
 
     if key == "torch":
-        return _torch_variant(spec, torch_ckpt, device)
+        return _torch_variant(spec, torch_ckpt, device, threads)
     if key.startswith("ort-"):
         label = {"ort-auto": "ONNX Runtime (auto provider)", "ort-cpu": "ONNX Runtime CPU EP",
                  "ort-cuda": "ONNX Runtime CUDA EP", "ort-tensorrt": "ONNX Runtime TensorRT EP"}[key]
@@ -99,7 +100,9 @@ def _variant(key: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | 
             if wanted not in ort.get_available_providers():
                 v.skip = f"this onnxruntime build has no {wanted} (install onnxruntime-gpu)"
                 return v
-        options = {} if providers is None else {"providers": providers}
+        options: dict[str, Any] = {} if providers is None else {"providers": providers}
+        if threads:
+            options["threads"] = threads
         require_gpu = v.gpu  # an explicit GPU provider must not fall back to the CPU unnoticed
         v.make = lambda: _ort_backend(spec.path, device, options, require_gpu)
         v.gpu = v.gpu or (key == "ort-auto" and has_cuda_gpu())
@@ -129,21 +132,26 @@ def _ort_backend(path: Path, device: int, options: dict, require_gpu: bool):
     return backend
 
 
-def _torch_variant(spec: ModelSpec, torch_ckpt: Path | None, device: int) -> Variant:
+def _torch_variant(spec: ModelSpec, torch_ckpt: Path | None, device: int, threads: int | None) -> Variant:
     v = Variant("torch", "PyTorch eager fp32 (baseline)")
     try:
-        import torch  # noqa: F401
+        import torch
     except ImportError:
         v.skip = "torch is not installed (pip install 'phaseedge[train]' torch==2.13.0)"
         return v
+    v.gpu = torch.cuda.is_available()  # the baseline runs where PyTorch users would run it
 
     def make():
         from phaseedge.bench.models import torch_model
 
         from phaseedge.backends import get_backend
 
+        if threads:
+            torch.set_num_threads(threads)
         module, origin = torch_model(spec, torch_ckpt)
         v.note = origin
+        if v.gpu:
+            module = module.to(f"cuda:{device}")
         return get_backend("torch", module, device)
 
     v.make = make
@@ -250,7 +258,7 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     else:
         frame_hw = args.frame
         frames = synthetic_frames(frame_hw, spec.n_classes, min(_SYNTH_FRAMES, args.runs + args.warmup))
-    variants = plan_variants(args.backend, spec, args.engine, args.torch_model, args.device)
+    variants = plan_variants(args.backend, spec, args.engine, args.torch_model, args.device, args.threads)
 
     grid = TileGrid.for_frame(frame_hw[0], frame_hw[1], spec.tile, args.overlap)
     passes = 2 if args.ratio_mode == "local" else 1  # local mode runs a ratio-free survey pass first
@@ -269,6 +277,7 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         "frame": {"height": frame_hw[0], "width": frame_hw[1], "megapixels": frame_hw[0] * frame_hw[1] / 1e6,
                   "source": "images" if paths else "phaseedge.synth (uint16)"},
         "runs": args.runs, "warmup": args.warmup, "batch": args.batch, "overlap": args.overlap,
+        "threads": args.threads,
         "ratio_mode": args.ratio_mode, "tiles_per_frame": grid.n_tiles * passes,
         "flops_per_tile": count,
         "variants": [],
@@ -334,6 +343,12 @@ def print_report(report: dict[str, Any]) -> None:
         srows = [[r["name"]] + [r["stages"].get(k) for k in stage_names]
                  for r in report["variants"] if "stages" in r]
         print(format_table(srows, ["variant", *stage_names]))
+    if report.get("primary"):  # one summary line (scripts/gpu_check.sh shows the last RESULT line)
+        best = next(r for r in report["variants"] if r["variant"] == report["primary"])
+        ratio = best.get("speedup_vs_baseline")
+        print(f"RESULT fastest {best['name']} on {best.get('device')}: p50 {best['p50_ms']:.1f} ms/frame, "
+              f"{best['megapixels_per_s']:.2f} MP/s, efficiency {best['pipeline_efficiency']:.2f}"
+              + (f", {ratio:.2f}x the PyTorch baseline" if ratio else ""))
 
 
 def add_parser(subparsers) -> None:
@@ -356,6 +371,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
     p.add_argument("--ratio-mode", choices=("global", "local", "calibrate", "none"), default="global",
                    help="how the (synthetic frames' true) ratio is used (default global)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for ONNX Runtime and PyTorch alike (default: each library's own default)")
     p.add_argument("--device", type=int, default=0, help="GPU index (default 0)")
     p.add_argument("--out", type=Path, help="also write latency.json and latency.png here")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
@@ -365,8 +382,10 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.runs < 1 or args.warmup < 0:
         raise ValueError(f"--runs must be >= 1 and --warmup >= 0, got {args.runs} and {args.warmup}")
-    if args.batch is not None and args.batch < 1:
-        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    for name in ("batch", "threads"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be >= 1, got {value}")
     report = run_latency(args)
     if args.out:
         from phaseedge.bench import plots
