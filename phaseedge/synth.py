@@ -16,7 +16,6 @@ import numpy as np
 
 PHASE_NAMES: tuple[str, ...] = ("ferrite", "martensite", "bainite", "austenite", "precipitate")
 
-_CHUNK_ROWS = 256  # fixed: the per-chunk noise streams depend on it (determinism)
 _MIN_SIDE = 8
 _DTYPES = (np.uint8, np.uint16, np.float32)
 
@@ -178,23 +177,29 @@ def micrograph(
     image = np.empty((h, w), dtype=dt)
     mask = np.empty((hm, w), dtype=np.uint8)
     xs = np.arange(w, dtype=np.float32)[None, :]
-    cx = np.floor(xs / grain_px).astype(np.int64) + 1
-    for y0 in range(0, hm, _CHUNK_ROWS):
-        y1 = min(y0 + _CHUNK_ROWS, hm)
+    cx = np.floor(xs[0] / grain_px).astype(np.int64) + 1
+    # chunks are the rows of one seed-grid row: each pixel's 3x3 candidate cells then
+    # vary only along x, so their seeds are 1-D gathers broadcast over the chunk
+    cell_row = np.floor(np.arange(hm, dtype=np.float64) / grain_px).astype(np.int64)
+    starts = np.concatenate([[0], np.flatnonzero(np.diff(cell_row)) + 1, [hm]])
+    for y0, y1 in zip(starts[:-1].tolist(), starts[1:].tolist()):
         ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-        cy = np.floor(ys / grain_px).astype(np.int64) + 1
+        cy = int(cell_row[y0]) + 1
         d1 = np.full((y1 - y0, w), np.inf, np.float32)
         d2 = np.full_like(d1, np.inf)
-        gid = np.zeros(d1.shape, np.int64)
+        gid = np.zeros(d1.shape, np.int32)
+        tmp = np.empty_like(d1)
         for dy in (-1, 0, 1):
-            iy = np.clip(cy + dy, 0, ncy - 1)
+            iy = min(max(cy + dy, 0), ncy - 1)
             for dx in (-1, 0, 1):
                 ix = np.clip(cx + dx, 0, ncx - 1)
-                d = (ys - sy[iy, ix]) ** 2 + (xs - sx[iy, ix]) ** 2
+                d = np.square(ys - sy[iy, ix][None, :])
+                d += np.square(xs - sx[iy, ix][None, :])
+                np.maximum(d1, d, out=tmp)
+                np.minimum(d2, tmp, out=d2)  # second nearest = min(d2, max(d1, d))
                 closer = d < d1
-                d2 = np.where(closer, d1, np.minimum(d2, d))
-                d1 = np.where(closer, d, d1)
-                gid = np.where(closer, iy * ncx + ix, gid)
+                np.minimum(d1, d, out=d1)
+                np.copyto(gid, (iy * ncx + ix).astype(np.int32)[None, :], where=closer)
         labels = grain["phase"][gid]
         value = np.empty(d1.shape, np.float32)
         yy, xx = np.broadcast_arrays(ys, xs)
@@ -224,7 +229,7 @@ def micrograph(
         value *= 1.0 + grad[0] * u + grad[1] * v - abs(grad[2]) * (u * u + v * v)
 
         # SEM noise: Poisson-Gaussian, Poisson approximated by signal-dependent Gaussian
-        noise_rng = np.random.default_rng([int(seed), 0xA015E, y0])
+        noise_rng = np.random.default_rng([int(seed), 0xA015E, y0])  # per chunk: deterministic
         sigma = np.sqrt(np.clip(value, 0.0, None) / photons + read_sigma**2)
         value += sigma * noise_rng.standard_normal(value.shape, dtype=np.float32)
         image[y0:y1] = _to_dtype(value, dt)
