@@ -92,7 +92,7 @@ class OnnxRuntimeBackend(Backend):
         if any(p in GPU_EPS for p in wanted) and not self.on_gpu:
             log.warning("onnxruntime fell back to the CPU: asked for %s, the session uses %s "
                         "(is CUDA/cuDNN installed for onnxruntime-gpu?)", wanted, list(self.providers))
-        self._binding = self._session.io_binding() if self.on_gpu else None
+        self._bindings: dict[int, tuple[Any, Any, Any, Any]] = {}
 
     def _default_providers(self) -> list[str]:
         available = set(ort.get_available_providers())
@@ -126,22 +126,34 @@ class OnnxRuntimeBackend(Backend):
         return {}
 
     def infer(self, images: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            raise RuntimeError(f"{self.path.name}: the onnxruntime backend was closed")
         self.check_batch(images, ratio)
         images = np.ascontiguousarray(images, dtype=np.float16)
         ratio = np.ascontiguousarray(ratio, dtype=np.float32)
-        if self._binding is None:
+        if not self.on_gpu:
             return self._session.run([names.PROBS], {names.IMAGE: images, names.RATIO: ratio})[0]
-        # GPU: inputs copied to the device once at bind time, output left on the device
-        # until the single copy back (no hidden copies inside run()).
-        b = self._binding
-        b.clear_binding_inputs()
-        b.clear_binding_outputs()
-        b.bind_ortvalue_input(names.IMAGE, ort.OrtValue.ortvalue_from_numpy(images, "cuda", self.gpu_id))
-        b.bind_ortvalue_input(names.RATIO, ort.OrtValue.ortvalue_from_numpy(ratio, "cuda", self.gpu_id))
-        b.bind_output(names.PROBS, "cuda", self.gpu_id)
-        self._session.run_with_iobinding(b)
-        return b.copy_outputs_to_cpu()[0]
+        binding, image_dev, ratio_dev, probs_dev = self._device_buffers(images.shape[0])
+        image_dev.update_inplace(images)  # one host-to-device copy each, into fixed device buffers
+        ratio_dev.update_inplace(ratio)
+        self._session.run_with_iobinding(binding)
+        return probs_dev.numpy()  # the one device-to-host copy
+
+    def _device_buffers(self, batch: int) -> tuple[Any, Any, Any, Any]:
+        """I/O binding with device-resident inputs and output, one set per batch size (a
+        frame uses only a few sizes), so ``run`` makes no hidden copies or allocations."""
+        if batch not in self._bindings:
+            t, n, dev = self.tile, self.n_classes, self.gpu_id
+            image = ort.OrtValue.ortvalue_from_shape_and_type((batch, 1, t, t), np.float16, "cuda", dev)
+            ratio = ort.OrtValue.ortvalue_from_shape_and_type((batch, n), np.float32, "cuda", dev)
+            probs = ort.OrtValue.ortvalue_from_shape_and_type((batch, n, t, t), np.float16, "cuda", dev)
+            binding = self._session.io_binding()
+            binding.bind_ortvalue_input(names.IMAGE, image)
+            binding.bind_ortvalue_input(names.RATIO, ratio)
+            binding.bind_ortvalue_output(names.PROBS, probs)
+            self._bindings[batch] = (binding, image, ratio, probs)
+        return self._bindings[batch]
 
     def close(self) -> None:
-        self._binding = None
+        self._bindings = {}
         self._session = None
