@@ -35,11 +35,21 @@ def _load_native() -> ModuleType | None:
     if os.environ.get("PHASEEDGE_NO_NATIVE", "") not in ("", "0"):
         log.info("host ops: numpy (PHASEEDGE_NO_NATIVE is set)")
         return None
+    # OpenMP threads that spin at barriers steal the CPU from inference and from each other
+    # on a busy machine (measured: 2.5x slower at load 12 on 2 cores). libgomp reads
+    # OMP_WAIT_POLICY once, when it is loaded, so set it only around our import (a value the
+    # user set is kept; if libgomp was already loaded by someone else this has no effect).
+    added = "OMP_WAIT_POLICY" not in os.environ
+    if added:
+        os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         from phaseedge import _hostops
     except ImportError as e:
         log.info("host ops: numpy (native extension not available: %s)", e)
         return None
+    finally:
+        if added:
+            del os.environ["OMP_WAIT_POLICY"]
     log.info("host ops: native (%s, %d OpenMP threads)", _hostops.__file__, _hostops.max_threads())
     return _hostops
 

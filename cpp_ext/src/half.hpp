@@ -25,6 +25,14 @@ inline float bits_f32(std::uint32_t u) {
     return f;
 }
 
+// Both conversions compute every case and select the result with bit masks (GCC does
+// not if-convert the nested selects by itself), so the loops that call them vectorise
+// with plain SSE2.
+inline std::uint32_t select(bool cond, std::uint32_t a, std::uint32_t b) {
+    const std::uint32_t m = 0u - static_cast<std::uint32_t>(cond);
+    return (a & m) | (b & ~m);
+}
+
 inline std::uint16_t float_to_half(float value) {
     const std::uint32_t f32_infty = 255u << 23;
     const std::uint32_t f16_max = (127u + 16u) << 23;        // first float that overflows to inf
@@ -32,36 +40,27 @@ inline std::uint16_t float_to_half(float value) {
     std::uint32_t u = f32_bits(value);
     const std::uint32_t sign = u & 0x80000000u;
     u ^= sign;
-    std::uint16_t o;
-    if (u >= f16_max) {
-        o = (u > f32_infty) ? 0x7e00 : 0x7c00;                 // NaN -> quiet NaN, else inf
-    } else if (u < (113u << 23)) {
-        // Subnormal or zero half: adding the magic number lines the 10 mantissa bits up at
-        // the bottom of the float, and the FPU's own rounding is round-to-nearest-even.
-        o = static_cast<std::uint16_t>(f32_bits(bits_f32(u) + bits_f32(denorm_magic)) - denorm_magic);
-    } else {
-        const std::uint32_t mant_odd = (u >> 13) & 1u;
-        u += (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu;  // rebias exponent, round
-        u += mant_odd;                                                 // ties to even
-        o = static_cast<std::uint16_t>(u >> 13);
-    }
+    // inf / NaN (NaN -> quiet NaN)
+    const std::uint32_t special = select(u > f32_infty, 0x7e00u, 0x7c00u);
+    // subnormal or zero half: adding the magic number lines the 10 mantissa bits up at the
+    // bottom of the float, and the FPU's own rounding is round-to-nearest-even
+    const std::uint32_t sub = f32_bits(bits_f32(u) + bits_f32(denorm_magic)) - denorm_magic;
+    // normal half: rebias the exponent, round to nearest with ties to even
+    const std::uint32_t mant_odd = (u >> 13) & 1u;
+    const std::uint32_t norm = (u + (static_cast<std::uint32_t>(15 - 127) << 23) + 0xfffu + mant_odd) >> 13;
+    const std::uint32_t o = select(u >= f16_max, special, select(u < (113u << 23), sub, norm));
     return static_cast<std::uint16_t>(o | (sign >> 16));
 }
 
 inline float half_to_float(std::uint16_t h) {
     const std::uint32_t shifted_exp = 0x7c00u << 13;
-    std::uint32_t u = (static_cast<std::uint32_t>(h) & 0x7fffu) << 13;
-    const std::uint32_t exp = shifted_exp & u;
-    u += (127u - 15u) << 23;
-    float f;
-    if (exp == shifted_exp) {                 // inf / NaN
-        f = bits_f32(u + ((128u - 16u) << 23));
-    } else if (exp == 0) {                    // zero / subnormal: renormalise
-        f = bits_f32(u + (1u << 23)) - bits_f32(113u << 23);
-    } else {
-        f = bits_f32(u);
-    }
-    return bits_f32(f32_bits(f) | ((static_cast<std::uint32_t>(h) & 0x8000u) << 16));
+    const std::uint32_t hb = h;
+    const std::uint32_t u = ((hb & 0x7fffu) << 13) + ((127u - 15u) << 23);
+    const std::uint32_t exp = shifted_exp & (hb << 13);
+    const std::uint32_t special = u + ((128u - 16u) << 23);                               // inf / NaN
+    const std::uint32_t sub = f32_bits(bits_f32(u + (1u << 23)) - bits_f32(113u << 23));  // renormalise
+    const std::uint32_t o = select(exp == shifted_exp, special, select(exp == 0, sub, u));
+    return bits_f32(o | ((hb & 0x8000u) << 16));
 }
 
 // Element loads/stores used by the templated kernels: float16 travels as its bits.

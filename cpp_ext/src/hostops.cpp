@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -143,18 +144,28 @@ void gather_kernel(const In* frame, int64_t h, int64_t w, const int64_t* org, in
         float v = (phaseedge::to_float(x) - lo) * scale;
         return v < 0.0f ? 0.0f : (v > 1.0f ? 1.0f : v);  // NaN stays NaN, like np.clip
     };
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int64_t b = 0; b < batch; ++b) {
-        for (int64_t ky = 0; ky < t; ++ky) {
-            const int64_t y0 = org[2 * b], x0 = org[2 * b + 1];
-            const In* src = frame + mirror(y0 + ky, h) * w;
-            Out* dst = out + (b * t + ky) * t;
-            const int64_t a = std::clamp<int64_t>(-x0, 0, t);     // first column inside the frame
-            const int64_t e = std::clamp<int64_t>(w - x0, a, t);  // end of the columns inside
-            for (int64_t kx = 0; kx < a; ++kx) phaseedge::store(dst + kx, norm(src[mirror(x0 + kx, w)]));
-            const In* s = src + x0;
-            for (int64_t kx = a; kx < e; ++kx) phaseedge::store(dst + kx, norm(s[kx]));
-            for (int64_t kx = e; kx < t; ++kx) phaseedge::store(dst + kx, norm(src[mirror(x0 + kx, w)]));
+#pragma omp parallel
+    {
+        // float16 output goes through a float row: GCC vectorises clip and conversion as two
+        // loops, not as one
+        std::vector<float> row(static_cast<size_t>(t));
+#pragma omp for collapse(2) schedule(dynamic, 16)
+        for (int64_t b = 0; b < batch; ++b) {
+            for (int64_t ky = 0; ky < t; ++ky) {
+                const int64_t y0 = org[2 * b], x0 = org[2 * b + 1];
+                const In* src = frame + mirror(y0 + ky, h) * w;
+                Out* dst = out + (b * t + ky) * t;
+                float* v = std::is_same_v<Out, float> ? reinterpret_cast<float*>(dst) : row.data();
+                const int64_t a = std::clamp<int64_t>(-x0, 0, t);     // first column inside the frame
+                const int64_t e = std::clamp<int64_t>(w - x0, a, t);  // end of the columns inside
+                for (int64_t kx = 0; kx < a; ++kx) v[kx] = norm(src[mirror(x0 + kx, w)]);
+                const In* s = src + x0;
+                for (int64_t kx = a; kx < e; ++kx) v[kx] = norm(s[kx]);
+                for (int64_t kx = e; kx < t; ++kx) v[kx] = norm(src[mirror(x0 + kx, w)]);
+                if constexpr (!std::is_same_v<Out, float>) {
+                    for (int64_t kx = 0; kx < t; ++kx) phaseedge::store(dst + kx, v[kx]);
+                }
+            }
         }
     }
 }
@@ -212,7 +223,7 @@ void accumulate_kernel(float* acc, float* wsum, int64_t n, int64_t h, int64_t w,
                        int64_t t, const int64_t* org, const float* wy, const float* wx) {
     // One thread owns each band row; tiles are visited in batch order, so every pixel sums
     // its contributions in exactly the numpy reference's order.
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 8)
     for (int64_t r = 0; r < h; ++r) {
         for (int64_t b = 0; b < batch; ++b) {
             const int64_t y0 = org[2 * b], x0 = org[2 * b + 1];
@@ -279,34 +290,51 @@ int64_t finish_kernel(const float* acc, const float* wsum, int64_t n, int64_t h,
 #pragma omp parallel reduction(min : first_bad)
     {
         int64_t* cnt = partial.data() + thread_id() * n;
-        std::vector<float> best(static_cast<size_t>(w));
-#pragma omp for schedule(static)
+        // per-row scratch; each loop below is simple enough for GCC to vectorise
+        std::vector<float> p(static_cast<size_t>(w)), best(static_cast<size_t>(w));
+        std::vector<std::int32_t> lab(static_cast<size_t>(w));
+#pragma omp for schedule(dynamic, 8)
         for (int64_t r = 0; r < rows; ++r) {
             const float* ws = wsum + r * w;
-            std::uint8_t* lab = labels + r * w;
-            for (int64_t x = 0; x < w; ++x) {
-                if (!(ws[x] > 0.0f)) {
-                    first_bad = std::min(first_bad, r * w + x);
-                    break;
+            int uncovered = 0;
+            for (int64_t x = 0; x < w; ++x) uncovered |= !(ws[x] > 0.0f);
+            if (uncovered) {
+                for (int64_t x = 0; x < w; ++x) {
+                    if (!(ws[x] > 0.0f)) {
+                        first_bad = std::min(first_bad, r * w + x);
+                        break;
+                    }
                 }
             }
             for (int64_t c = 0; c < n; ++c) {
                 const float* a = acc + (c * h + r) * w;
-                const float k = cw ? cw[c] : 1.0f;
-                PO* po = pout ? pout + c * pout_cstride + r * w : nullptr;
-                for (int64_t x = 0; x < w; ++x) {
-                    const float p = a[x] / ws[x];
-                    const float s = cw ? p * k : p;
-                    if (po) phaseedge::store(po + x, p);
-                    if (c == 0) {
-                        best[x] = s;
-                        lab[x] = 0;
-                    } else if (s > best[x]) {  // strict: ties keep the lowest class, like np.argmax
-                        best[x] = s;
-                        lab[x] = static_cast<std::uint8_t>(c);
+                for (int64_t x = 0; x < w; ++x) p[x] = a[x] / ws[x];
+                if (pout) {
+                    PO* po = pout + c * pout_cstride + r * w;
+                    for (int64_t x = 0; x < w; ++x) phaseedge::store(po + x, p[x]);
+                }
+                if (cw) {
+                    const float k = cw[c];
+                    for (int64_t x = 0; x < w; ++x) p[x] *= k;
+                }
+                if (c == 0) {
+                    std::copy(p.begin(), p.end(), best.begin());
+                    std::fill(lab.begin(), lab.end(), 0);
+                } else {
+                    const std::int32_t ci = static_cast<std::int32_t>(c);
+                    const float* __restrict pp = p.data();
+                    float* __restrict bp = best.data();
+                    std::int32_t* __restrict lp = lab.data();
+                    for (int64_t x = 0; x < w; ++x) {
+                        // strict >: ties keep the lowest class, like np.argmax
+                        const std::int32_t more = -static_cast<std::int32_t>(pp[x] > bp[x]);
+                        bp[x] = std::max(bp[x], pp[x]);  // = more ? pp[x] : bp[x]
+                        lp[x] = (ci & more) | (lp[x] & ~more);
                     }
                 }
             }
+            std::uint8_t* out = labels + r * w;
+            for (int64_t x = 0; x < w; ++x) out[x] = static_cast<std::uint8_t>(lab[x]);
             for (int64_t x = 0; x < w; ++x) ++cnt[lab[x]];
         }
     }
