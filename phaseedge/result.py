@@ -30,7 +30,10 @@ class Result:
     """Segmentation of one frame.
 
     labels: uint8 [H, W] class indices; fractions: class name -> pixel fraction (sums to 1);
-    timings: seconds per stage; probabilities: float32 [n, H, W] when asked for.
+    probabilities: float32 [n, H, W] when asked for. timings, in seconds: prepare (check +
+    normalisation range), survey (first pass of the local/calibrate modes), tiles (cutting
+    and normalising tiles, all passes), infer (backend, main pass), stitch (blending),
+    finish (labels and counts of finished rows), total.
     """
 
     labels: np.ndarray

@@ -283,10 +283,14 @@ class Segmenter:
                 shift = ratio_mod.prior_shift(sample, r)
                 class_weights = np.exp(shift - shift.max()).astype(np.float32)
                 timings["survey"] = time.perf_counter() - t
-            t = time.perf_counter()
+            t, tiles_before = time.perf_counter(), timings["tiles"]
             labels, counts, probs = self._stitch(p, grid, batches, tile_ratios, class_weights, want_probs, timings)
             main = time.perf_counter() - t
-            timings["infer"] = main - timings["stitch"] - timings["finish"] - timings["tiles"]
+            # what the main pass spent neither cutting tiles nor stitching: the backend
+            timings["infer"] = main - timings["stitch"] - timings["finish"] - (timings["tiles"] - tiles_before)
+            if probs is not None and class_weights is not None:  # return what the labels came from
+                probs *= class_weights[:, None, None]
+                probs /= probs.sum(axis=0, keepdims=True)
             timings["total"] = time.perf_counter() - t0 + p.seconds
         total = max(int(counts.sum()), 1)
         names = tuple(backend.class_names)

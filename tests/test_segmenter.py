@@ -243,6 +243,10 @@ def test_ratio_modes_use_the_ratio(ratio_graph):
     base = _distance(res["none"], target)
     for mode in ("global", "local", "calibrate"):
         assert _distance(res[mode], target) < base, mode
+    # calibrated probabilities are the ones the labels are the argmax of
+    cal = Segmenter(ratio_graph, ratio_mode="calibrate").segment(img, ratio=target, return_probabilities=True)
+    assert (np.argmax(cal.probabilities, axis=0) == cal.labels).mean() > 0.999  # up to float ties
+    np.testing.assert_allclose(cal.probabilities.sum(axis=0), 1, atol=1e-5)
     # without a ratio, every mode is the same ratio-free pass
     free = {m: Segmenter(ratio_graph, ratio_mode=m).segment(img).labels for m in ("global", "local", "calibrate")}
     assert all(np.array_equal(v, res["none"].labels) for v in free.values())
