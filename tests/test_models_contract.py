@@ -115,3 +115,32 @@ def test_integer_image_is_rejected():
 def test_build_model_rejects_bad_arguments(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_model(*args, **kwargs)
+
+
+@pytest.mark.parametrize(("tile", "grid"), [(512, 32), (1024, 64)])
+def test_sam_vit_b_shapes_at_both_tiles(tile, grid):
+    """Real ViT-B sizes, shapes only: the meta device computes no values."""
+    with torch.device("meta"):
+        model = build_model("sam-vit-b", 3, tile=tile)
+        image, ratio = torch.empty(2, 1, tile, tile), torch.empty(2, 3)
+        assert model.image_encoder(image).shape == (2, 256, grid, grid)
+        assert model.low_res_logits(image, ratio).shape == (2, 3, 4 * grid, 4 * grid)
+        assert model(image, ratio).shape == (2, 3, tile, tile)
+    assert model.image_encoder.pos_embed.shape == (1, grid, grid, 768)
+    global_blocks = [i for i, b in enumerate(model.image_encoder.blocks) if b.window_size == 0]
+    assert global_blocks == [2, 5, 8, 11]
+    assert model.image_encoder.blocks[2].attn.rel_pos_h.shape == (2 * grid - 1, 64)
+    assert model.image_encoder.blocks[0].attn.rel_pos_h.shape == (27, 64)
+
+
+@pytest.mark.parametrize(("name", "dim", "depth", "global_blocks"), [
+    ("sam-vit-l", 1024, 24, [5, 11, 17, 23]),
+    ("sam-vit-h", 1280, 32, [7, 15, 23, 31]),
+])  # fmt: skip
+def test_larger_sam_encoders_follow_build_sam(name, dim, depth, global_blocks):
+    with torch.device("meta"):
+        model = build_model(name, 4)
+    blocks = model.image_encoder.blocks
+    assert len(blocks) == depth and blocks[0].attn.qkv.in_features == dim
+    assert [i for i, b in enumerate(blocks) if b.window_size == 0] == global_blocks
+    assert model.config["lora_rank"] == 512 and model.tile == 512
