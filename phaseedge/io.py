@@ -113,29 +113,32 @@ def _read_tiff(path: Path) -> tuple[np.ndarray, int, float | None, int | None]:
     try:
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
-            bits = int(page.bitspersample)
+            series = tif.series[0]
+            bits, axes = int(page.bitspersample), series.axes
             pixel_size = _pixel_size(tif)
-            meta_rows = _fei_image_rows(tif, page.shape[0])
-            contiguous = tif.series[0].dataoffset is not None
-            if not contiguous:
-                arr = tif.series[0].asarray(level=0)
+            meta_rows = _fei_image_rows(tif, int(page.imagelength))
+            arr = None if series.dataoffset is not None else series.asarray(level=0)
+        if arr is None:  # contiguous, uncompressed: map it instead of reading it
+            try:
+                arr = tifffile.memmap(path, mode="r")  # read-only: the file is never written
+            except ValueError:  # e.g. a layout numpy cannot map: read into memory
+                arr = tifffile.imread(path)
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as exc:
         raise ValueError(f"cannot read TIFF {path}: {exc}") from exc
-    if contiguous:
-        try:
-            arr = tifffile.memmap(path, mode="r")  # read-only: the file is never written
-        except ValueError:  # e.g. byte order or layout not mappable: read into memory
-            arr = tifffile.imread(path)
-    arr = _first_image(np.asarray(arr) if not isinstance(arr, np.memmap) else arr)
+    arr = _first_image(arr, axes)
     if not isinstance(arr, np.memmap):
         arr.flags.writeable = False
     return arr, bits, pixel_size, meta_rows
 
 
-def _first_image(arr: np.ndarray) -> np.ndarray:
-    """The first 2-D (or 2-D + colour) image of a stack."""
-    while arr.ndim > 3 or (arr.ndim == 3 and arr.shape[-1] not in (1, 3, 4)):
-        arr = arr[0]
+def _first_image(arr: np.ndarray, axes: str) -> np.ndarray:
+    """The first Y x X image of a series (first page, channel, z...), samples ('S') last."""
+    if len(axes) != arr.ndim:
+        raise ValueError(f"TIFF series axes {axes!r} do not match its shape {arr.shape}")
+    arr = arr[tuple(slice(None) if a in "YXS" else 0 for a in axes)]
+    kept = [a for a in axes if a in "YXS"]
+    if "S" in kept and kept[-1] != "S":  # planar RGB: (S, Y, X) -> (Y, X, S)
+        arr = np.moveaxis(arr, kept.index("S"), -1)
     return arr
 
 

@@ -97,6 +97,20 @@ def test_tiff_variants(tmp_path, kwargs):
     assert _is_memory_mapped(frame.pixels) == ("compression" not in kwargs and "tile" not in kwargs)
 
 
+@pytest.mark.parametrize("planar", ["contig", "separate"])
+def test_tiff_rgb_and_stacks(tmp_path, planar):
+    grey, _ = synth.micrograph((64, 48), seed=9, dtype=np.uint8)
+    path = tmp_path / "rgb.tif"
+    rgb = np.dstack([grey] * 3)
+    tifffile.imwrite(
+        path, rgb if planar == "contig" else np.moveaxis(rgb, -1, 0), photometric="rgb", planarconfig=planar
+    )
+    np.testing.assert_array_equal(io.read_image(path).pixels, grey)
+    stack = tmp_path / "stack.tif"
+    tifffile.imwrite(stack, np.stack([grey, grey[::-1]]))
+    np.testing.assert_array_equal(io.read_image(stack).pixels, grey)
+
+
 def test_fei_metadata_pixel_size_and_data_bar(tmp_path):
     img, _ = synth.micrograph((120, 100), seed=6, dtype=np.uint16)
     fei = "[User]\r\nUser=x\r\n[Scan]\r\nPixelWidth=2.5e-09\r\nPixelHeight=2.5e-09\r\n[Image]\r\nResolutionX=100\r\nResolutionY=90\r\n"
