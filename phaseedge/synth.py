@@ -213,7 +213,7 @@ def micrograph(
         gb = (np.sqrt(d2) - np.sqrt(d1)) * 0.5
         value -= 0.16 * np.clip(1.2 - gb, 0.0, 1.0)
 
-        # precipitates: at most one round particle per 40 px cell, bright with a halo
+        # precipitates: at most one round particle per 40 px cell, brightest at its centre
         py = np.minimum((ys // prec_cell).astype(np.int64), pcy - 1)
         px = np.minimum((xs // prec_cell).astype(np.int64), pcx - 1)
         dist = np.sqrt((ys - prec_y[py, px]) ** 2 + (xs - prec_x[py, px]) ** 2)
