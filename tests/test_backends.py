@@ -134,3 +134,23 @@ def test_segmenter_on_a_module_and_a_checkpoint_dir(tiny_unet, tmp_path):
     assert np.array_equal(a.labels, b.labels)
     with pytest.raises(TypeError, match="nn.Module"):
         get_backend("torch", object())
+
+
+@pytest.mark.slow  # a real (dynamo) ONNX export: about 12 s of CPU
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_exported_graph_and_torch_agree_through_the_segmenter(tiny_unet, tmp_path):
+    """The same model through both runtimes: an integration check of export + runtime."""
+    from phaseedge.export.onnx_export import export_model, model_info
+
+    names = ("a", "b", "c")
+    path = export_model(tiny_unet, model_info(tiny_unet, names), tmp_path / "m.onnx", batch=(1, 2, 4),
+                        log=lambda *a: None).path
+    img = np.random.default_rng(5).integers(0, 65535, (57, 83)).astype(np.uint16)
+    ratio = [0.5, 0.3, 0.2]
+    ort_res = Segmenter(path, overlap=0.5).segment(img, ratio=ratio, return_probabilities=True)
+    torch_res = Segmenter(tiny_unet, backend="torch", overlap=0.5,
+                          backend_options={"class_names": list(names)}).segment(img, ratio=ratio,
+                                                                                return_probabilities=True)
+    assert ort_res.class_names == torch_res.class_names == names
+    np.testing.assert_allclose(ort_res.probabilities, torch_res.probabilities, atol=2e-3)  # fp16 graph output
+    assert (ort_res.labels == torch_res.labels).mean() > 0.99
