@@ -10,7 +10,12 @@ from phaseedge.train.models import build_model
 
 torch.set_num_threads(2)
 
-SMALL = [("unet-tiny", None), ("sam-tiny", 64), ("sam-tiny", 128)]
+SMALL = [
+    ("unet-tiny", None, {}),
+    ("attention-unet", 32, {"width": 4, "depth": 2}),
+    ("sam-tiny", 64, {}),
+    ("sam-tiny", 128, {}),
+]
 
 
 def _inputs(model, batch=2, seed=0):
@@ -21,10 +26,10 @@ def _inputs(model, batch=2, seed=0):
     return image, ratio
 
 
-@pytest.mark.parametrize(("name", "tile"), SMALL)
+@pytest.mark.parametrize(("name", "tile", "kwargs"), SMALL)
 @pytest.mark.parametrize("plm", [True, False])
-def test_output_shape_and_config(name, tile, plm):
-    model = build_model(name, 3, plm=plm, tile=tile)
+def test_output_shape_and_config(name, tile, kwargs, plm):
+    model = build_model(name, 3, plm=plm, tile=tile, **kwargs)
     image, ratio = _inputs(model)
     logits = model(image, ratio)
     assert logits.shape == (2, 3, model.tile, model.tile)
@@ -34,13 +39,17 @@ def test_output_shape_and_config(name, tile, plm):
     config = json.loads(json.dumps(model.config))
     assert config["architecture"] == name and config["n_classes"] == 3 and config["plm"] is plm
     assert config["tile"] == model.tile
+    assert (
+        build_model(config["architecture"], 3, plm=plm, tile=config["tile"], **config["arch_kwargs"]).config
+        == config
+    )
 
 
-@pytest.mark.parametrize(("name", "tile"), SMALL)
-def test_ratio_changes_logits_only_with_plm(name, tile):
+@pytest.mark.parametrize(("name", "tile", "kwargs"), SMALL)
+def test_ratio_changes_logits_only_with_plm(name, tile, kwargs):
     torch.manual_seed(0)
-    on = build_model(name, 3, plm=True, tile=tile).eval()
-    off = build_model(name, 3, plm=False, tile=tile).eval()
+    on = build_model(name, 3, plm=True, tile=tile, **kwargs).eval()
+    off = build_model(name, 3, plm=False, tile=tile, **kwargs).eval()
     image, ratio = _inputs(on, batch=1)
     other = torch.tensor([[0.9, 0.05, 0.05]])
     unknown = torch.zeros(1, 3)
@@ -66,6 +75,14 @@ def test_gradients_reach_only_trainable_parameters(name):
         else:
             assert p.grad is None, pname
     assert any(p.grad.abs().sum() > 0 for p in model.trainable_parameters())
+
+
+def test_attention_unet_gates_every_skip():
+    plain = build_model("unet", 3, plm=False)
+    gated = build_model("attention-unet", 3, plm=False)
+    assert plain.gates is None and len(gated.gates) == 4
+    extra = sum(p.numel() for p in gated.parameters()) - sum(p.numel() for p in plain.parameters())
+    assert extra == sum(p.numel() for p in gated.gates.parameters()) > 0
 
 
 def test_sam_trains_lora_plm_and_decoder_but_not_the_encoder():

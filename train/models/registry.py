@@ -33,6 +33,7 @@ class UNetSpec:
     width: int
     depth: int
     default_tile: int = 256
+    attention: bool = False
 
 
 SAM_SPECS: dict[str, SamSpec] = {
@@ -82,6 +83,7 @@ SAM_SPECS: dict[str, SamSpec] = {
 UNET_SPECS: dict[str, UNetSpec] = {
     "unet": UNetSpec(width=16, depth=4),
     "unet-tiny": UNetSpec(width=4, depth=2, default_tile=32),
+    "attention-unet": UNetSpec(width=16, depth=4, attention=True),
 }
 
 MODEL_NAMES: tuple[str, ...] = (*SAM_SPECS, *UNET_SPECS)
@@ -168,4 +170,12 @@ def _build_unet(
         tile=tile,
         plm=plm,
     )
-    return UNet(width=width, depth=depth, n_classes=n_classes, tile=tile, plm=plm, config=config)
+    return UNet(
+        width=width,
+        depth=depth,
+        n_classes=n_classes,
+        tile=tile,
+        plm=plm,
+        config=config,
+        attention=spec.attention,
+    )

@@ -1,7 +1,8 @@
-"""Plain U-Net baseline with the same Phase Learning Module before its 1x1 classifier.
+"""U-Net baselines with the same Phase Learning Module before their 1x1 classifier.
 
-Small enough to train on a 2-core CPU at tile 256 (``unet``: width 16, depth 4, ~1.9M
-parameters). BatchNorm folds into the convolutions at export.
+``unet`` is a plain U-Net, small enough to train on a 2-core CPU at tile 256 (width 16, depth 4,
+1.94M parameters); ``attention-unet`` adds additive attention gates on the skip connections
+(Oktay et al. 2018). BatchNorm folds into the convolutions at export.
 """
 
 from __future__ import annotations
@@ -25,11 +26,35 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
     )
 
 
+class AttentionGate(nn.Module):
+    """skip * sigmoid(psi(relu(W_g g + W_x skip))): lets the decoder suppress irrelevant skip features."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        inner = max(channels // 2, 1)
+        self.w_g = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
+        self.w_x = nn.Sequential(nn.Conv2d(channels, inner, 1, bias=False), nn.BatchNorm2d(inner))
+        self.psi = nn.Sequential(
+            nn.ReLU(inplace=True), nn.Conv2d(inner, 1, 1), nn.BatchNorm2d(1), nn.Sigmoid()
+        )
+
+    def forward(self, gate: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        return skip * self.psi(self.w_g(gate) + self.w_x(skip))
+
+
 class UNet(SegmentationModel):
     """forward(image [B,1,T,T] in [0,1], ratio [B,n]) -> logits [B,n,T,T]; T divisible by 2**depth."""
 
     def __init__(
-        self, *, width: int, depth: int, n_classes: int, tile: int, plm: bool, config: dict[str, Any]
+        self,
+        *,
+        width: int,
+        depth: int,
+        n_classes: int,
+        tile: int,
+        plm: bool,
+        config: dict[str, Any],
+        attention: bool = False,
     ) -> None:
         super().__init__(n_classes=n_classes, tile=tile, config=config)
         if width < 1 or depth < 1:
@@ -45,6 +70,9 @@ class UNet(SegmentationModel):
             for i in reversed(range(depth))
         )
         self.up_conv = nn.ModuleList(_double_conv(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.gates = (
+            nn.ModuleList(AttentionGate(chans[i]) for i in reversed(range(depth))) if attention else None
+        )
         self.plm = PhaseLearningModule(width, n_classes) if plm else None
         self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
 
@@ -56,8 +84,12 @@ class UNet(SegmentationModel):
             x = block(self.pool(x))
             skips.append(x)
         skips.pop()
-        for up, conv in zip(self.up, self.up_conv):
-            x = conv(torch.cat([skips.pop(), up(x)], dim=1))
+        for level, (up, conv) in enumerate(zip(self.up, self.up_conv)):
+            x = up(x)
+            skip = skips.pop()
+            if self.gates is not None:
+                skip = self.gates[level](x, skip)
+            x = conv(torch.cat([skip, x], dim=1))
         if self.plm is not None:
             x = self.plm(x, ratio)
         return self.classifier(x)
