@@ -22,6 +22,7 @@ DEMO_SEED = 2026
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m phaseedge.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path("demo_out"))
+    parser.add_argument("--model", default="default", help="an .onnx with sidecar, or 'default' (the bundled model)")
     parser.add_argument("--seed", type=int, default=DEMO_SEED)
     parser.add_argument("--size", default="4096x3072", help="WIDTHxHEIGHT (default 4096x3072)")
     parser.add_argument("--with-ratio", action="store_true",
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     from phaseedge.segmenter import Segmenter, default_model
 
     try:
-        model = default_model()
+        model = default_model() if args.model == "default" else Path(args.model)
+        if not model.is_file():
+            raise FileNotFoundError(f"model not found: {model}")
     except FileNotFoundError as exc:
         print(f"phaseedge demo: {exc}", file=sys.stderr)
         return 2

@@ -73,7 +73,7 @@ class Segmenter:
     `submit`'s queue. backend_options go to the backend constructor.
     """
 
-    def __init__(self, model: Any = "default", backend: str = "auto", device: int = 0, overlap: float = 0.25,
+    def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float = 0.25,
                  blend: str = "gaussian", batch_size: int | None = None, ratio_mode: str = "global",
                  queue_size: int = 4, backend_options: dict[str, Any] | None = None) -> None:
         self.overlap = validate_overlap(overlap)

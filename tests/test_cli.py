@@ -113,6 +113,8 @@ def test_demo_runs_with_a_model(tmp_path, monkeypatch, capsys):
     write_graph(tmp_path / "default.onnx", "ratio", tile=32, n=3, class_names=synth.class_names(3))
     monkeypatch.setattr(segmenter, "MODELS_DIR", tmp_path)
     assert demo.main(["--out", str(tmp_path / "o"), "--size", "96x64"]) == 0
+    assert demo.main(["--out", str(tmp_path / "o2"), "--size", "64x40", "--model", str(tmp_path / "default.onnx"),
+                      "--with-ratio"]) == 0
     out = capsys.readouterr().out
     assert "macro Dice" in out and "s/MP" in out
     summary = json.loads((tmp_path / "o" / "fractions.json").read_text())
