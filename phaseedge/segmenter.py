@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -315,12 +316,15 @@ class Segmenter:
                 timings["tiles"] += time.perf_counter() - t0
                 yield buf, ratios[sl]
 
-        for probs in backend.infer_many(feed()):
-            sl = in_flight.popleft()
-            if probs.shape != (sl.stop - sl.start, backend.n_classes, t, t):
-                raise RuntimeError(f"backend {backend.name} returned shape {probs.shape} for a batch of "
-                                   f"{sl.stop - sl.start} tiles")
-            yield sl, np.ascontiguousarray(probs)
+        # closed explicitly: a backend may hold its device pipeline (and lock) until its
+        # iterator ends, which must not wait for garbage collection after an error
+        with closing(backend.infer_many(feed())) as results:
+            for probs in results:
+                sl = in_flight.popleft()
+                if probs.shape != (sl.stop - sl.start, backend.n_classes, t, t):
+                    raise RuntimeError(f"backend {backend.name} returned shape {probs.shape} for a batch of "
+                                       f"{sl.stop - sl.start} tiles")
+                yield sl, np.ascontiguousarray(probs)
 
     def _stitch(self, p: _Prepared, grid: TileGrid, batches: list[slice], tile_ratios: np.ndarray,
                 class_weights: np.ndarray | None, want_probs: bool,
@@ -338,23 +342,24 @@ class Segmenter:
         origins = grid.origins
         cols = len(grid.xs)
         top = 0  # frame row held in acc[:, 0]
-        for sl, probs in self._stream(p, origins, tile_ratios, batches, timings):
-            t0 = time.perf_counter()
-            idx = np.arange(sl.start, sl.stop)
-            rel = origins[sl].copy()
-            rel[:, 0] -= top
-            hostops.accumulate(acc, wsum, probs, rel, np.ascontiguousarray(wy_rows[idx // cols]),
-                               np.ascontiguousarray(wx_cols[idx % cols]))
-            t1 = time.perf_counter()
-            timings["stitch"] += t1 - t0
-            done = grid.final_row_after(sl.stop)
-            if done > top:
-                rows = done - top
-                hostops.finish(acc, wsum, rows, labels[top:done], counts, class_weights,
-                               None if probs_out is None else probs_out[:, top:done])
-                _shift_band(acc, wsum, rows)
-                top = done
-                timings["finish"] += time.perf_counter() - t1
+        with closing(self._stream(p, origins, tile_ratios, batches, timings)) as stream:
+            for sl, probs in stream:
+                t0 = time.perf_counter()
+                idx = np.arange(sl.start, sl.stop)
+                rel = origins[sl].copy()
+                rel[:, 0] -= top
+                hostops.accumulate(acc, wsum, probs, rel, np.ascontiguousarray(wy_rows[idx // cols]),
+                                   np.ascontiguousarray(wx_cols[idx % cols]))
+                t1 = time.perf_counter()
+                timings["stitch"] += t1 - t0
+                done = grid.final_row_after(sl.stop)
+                if done > top:
+                    rows = done - top
+                    hostops.finish(acc, wsum, rows, labels[top:done], counts, class_weights,
+                                   None if probs_out is None else probs_out[:, top:done])
+                    _shift_band(acc, wsum, rows)
+                    top = done
+                    timings["finish"] += time.perf_counter() - t1
         return labels, counts, probs_out
 
     def _tile_fractions(self, p: _Prepared, grid: TileGrid, batches: list[slice], zeros: np.ndarray,
@@ -363,10 +368,10 @@ class Segmenter:
         origins = grid.origins
         h, w = p.frame.shape
         out = np.empty(zeros.shape, np.float64)
-        for sl, probs in self._stream(p, origins, zeros, batches, timings):
-            for k, (y, x) in zip(range(sl.start, sl.stop), origins[sl]):
-                tile = probs[k - sl.start, :, : h - y, : w - x]
-                out[k] = tile.mean(axis=(1, 2), dtype=np.float64)
+        with closing(self._stream(p, origins, zeros, batches, timings)) as stream:
+            for sl, probs in stream:
+                for k, (y, x) in zip(range(sl.start, sl.stop), origins[sl]):
+                    out[k] = probs[k - sl.start, :, : h - y, : w - x].mean(axis=(1, 2), dtype=np.float64)
         return out
 
     def _probability_sample(self, p: _Prepared, grid: TileGrid, batch_size: int,
@@ -381,9 +386,10 @@ class Segmenter:
         h, w = p.frame.shape
         s = CALIBRATE_STRIDE
         parts = []
-        for sl, probs in self._stream(p, sub, ratios, batches, timings):
-            for b, (y, x) in enumerate(sub[sl]):
-                parts.append(probs[b, :, : h - y : s, : w - x : s].reshape(probs.shape[1], -1).astype(np.float32))
+        with closing(self._stream(p, sub, ratios, batches, timings)) as stream:
+            for sl, probs in stream:
+                for b, (y, x) in enumerate(sub[sl]):
+                    parts.append(probs[b, :, : h - y : s, : w - x : s].reshape(probs.shape[1], -1).astype(np.float32))
         return np.concatenate(parts, axis=1)
 
 

@@ -320,3 +320,24 @@ def test_pycromanager_processor_adds_fractions(affine):
         pycromanager_processor(seg, on_error="raise")(np.full((4, 4), np.nan, np.float32), {})
     with pytest.raises(ValueError, match="negative"):
         pycromanager_processor(seg, ratio=[-1, 2])
+
+
+def test_a_failing_batch_closes_the_backend_pipeline_at_once():
+    class Broken(AffineBackend):
+        closed = False
+
+        def infer_many(self, batches):
+            try:
+                for k, (images, ratio) in enumerate(batches):
+                    out = self.infer(images, ratio)
+                    yield out if k < 2 else out[:, :1]  # third batch: wrong shape
+            finally:
+                Broken.closed = True
+
+    seg = Segmenter(Broken(tile=16, max_batch=2))
+    with pytest.raises(RuntimeError, match="returned shape") as excinfo:
+        seg.segment(_frame((80, 80)))
+    # closed although the traceback (held by excinfo, as by any error handler or logger)
+    # still references the frames: not left for the garbage collector, because a GPU
+    # backend holds its pipeline lock until its iterator ends
+    assert excinfo.traceback and Broken.closed
