@@ -1,0 +1,174 @@
+"""``phaseedge-export``: checkpoint -> ONNX -> fp16 ONNX -> TensorRT engine, each verified.
+
+    phaseedge-export onnx CKPT_DIR -o model.onnx [--batch 1:4:8] [--opset 18]
+    phaseedge-export fp16 model.onnx -o model.fp16.onnx
+    phaseedge-export trt model.fp16.onnx -o model.engine --batch 1:4:8 [--target tensorrt|rtx]
+    phaseedge-export check model.onnx [--fp16 model.fp16.onnx] [--engine model.engine]
+
+Every output gets a ``NAME.json`` sidecar (phaseedge.sidecar). Exit status: 0 on
+success, 1 when a check fails, 2 on bad arguments or unusable input files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from phaseedge import __version__
+from phaseedge.sidecar import SidecarError
+
+
+def _batch(text: str) -> tuple[int, int, int]:
+    from phaseedge.export.trt import parse_batch
+
+    try:
+        return parse_batch(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _batches(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got {text!r}") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be >= 1, got {text!r}")
+    return values
+
+
+def _size(path: Path) -> str:
+    return f"{path.stat().st_size / 1e6:.1f} MB"
+
+
+def cmd_onnx(args: argparse.Namespace) -> int:
+    import torch
+    from phaseedge.export import onnx_export
+
+    torch.set_num_threads(max(1, min(args.threads, torch.get_num_threads())))
+    t0 = time.perf_counter()
+    model, info = onnx_export.load_checkpoint(args.checkpoint)
+    print(f"loaded {info.architecture} (plm={'on' if info.plm else 'off'}, {len(info.class_names)} classes, "
+          f"tile {info.tile}) in {time.perf_counter() - t0:.1f}s; exporting...", flush=True)
+    result = onnx_export.export_model(
+        model, info, args.output, batch=args.batch, opset=args.opset, verify_batches=args.verify_batch,
+        atol=args.atol, source={"checkpoint": str(Path(args.checkpoint).resolve())},
+    )
+    ops = result.op_counts
+    print(f"wrote {result.path} ({_size(result.path)}, {sum(ops.values())} nodes, "
+          f"{ops.get('LayerNormalization', 0)} LayerNormalization) in {result.seconds:.1f}s + sidecar")
+    return 0
+
+
+def cmd_fp16(args: argparse.Namespace) -> int:
+    from phaseedge.export import fp16
+
+    t0 = time.perf_counter()
+    fp16.convert_checked(args.model, args.output, atol=args.atol, min_agreement=args.min_agreement,
+                         batches=args.verify_batch)
+    out = Path(args.output)
+    print(f"wrote {out} ({_size(out)}, from {_size(Path(args.model))}) in {time.perf_counter() - t0:.1f}s + sidecar")
+    return 0
+
+
+def cmd_trt(args: argparse.Namespace) -> int:
+    from phaseedge.export import trt
+
+    result = trt.build_engine(
+        args.model, args.output, batch=args.batch, target=args.target, workspace_mb=args.workspace,
+        timing_cache=args.timing_cache, version_compatible=args.version_compatible,
+        hardware_compatible=args.hardware_compatible, verbose=args.verbose,
+    )
+    eng = result.sidecar.engine
+    where = eng.gpu_name if eng.compute_capability is None else f"{eng.gpu_name} (sm {eng.compute_capability})"
+    print(f"wrote {result.path} ({_size(result.path)}, {result.sidecar.precision}, {args.target} "
+          f"{eng.tensorrt_version}, {where}) in {result.seconds:.1f}s + sidecar")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from phaseedge.export import check
+
+    if args.fp16 is None and args.engine is None:
+        raise ValueError("nothing to compare: give --fp16 and/or --engine")
+    report = check.run_check(args.model, fp16=args.fp16, engine=args.engine, atol=args.atol, rtol=args.rtol,
+                             batches=args.verify_batch, verbose=args.verbose)
+    return 0 if report.passed else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="phaseedge-export", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--version", action="version", version=f"phaseedge-export {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    o = sub.add_parser("onnx", help="export a checkpoint directory to a verified ONNX graph")
+    o.add_argument("checkpoint", help="checkpoint directory (model.safetensors + config.json)")
+    o.add_argument("-o", "--output", required=True, help="output .onnx path")
+    o.add_argument("--batch", type=_batch, default=(1, 4, 8), help="MIN:OPT:MAX batch range (default 1:4:8)")
+    o.add_argument("--opset", type=int, default=18, help="ONNX opset, >= 17 (default 18)")
+    o.add_argument("--verify-batch", type=_batches, default=(1, 3),
+                   help="batch sizes compared with PyTorch (default 1,3)")
+    o.add_argument("--atol", type=_positive_float, default=2e-3, help="max |dprobs| vs PyTorch (default 2e-3)")
+    o.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    o.set_defaults(func=cmd_onnx)
+
+    f = sub.add_parser("fp16", help="convert an fp32 graph to fp16 (LayerNorm/Softmax/reductions kept fp32)")
+    f.add_argument("model", help="fp32 .onnx from 'phaseedge-export onnx'")
+    f.add_argument("-o", "--output", required=True, help="output .onnx path")
+    f.add_argument("--atol", type=_positive_float, default=2e-2, help="max |dprobs| vs fp32 (default 2e-2)")
+    f.add_argument("--min-agreement", type=float, default=0.98, help="min argmax agreement (default 0.98)")
+    f.add_argument("--verify-batch", type=_batches, default=(1, 3), help="batch sizes compared (default 1,3)")
+    f.set_defaults(func=cmd_fp16)
+
+    t = sub.add_parser("trt", help="build a strongly typed TensorRT / TensorRT-RTX engine")
+    t.add_argument("model", help=".onnx with its sidecar (fp16 graph for an fp16 engine)")
+    t.add_argument("-o", "--output", required=True, help="output .engine path")
+    t.add_argument("--batch", type=_batch, required=True, help="MIN:OPT:MAX optimisation profile, e.g. 1:4:8")
+    t.add_argument("--target", choices=("tensorrt", "rtx"), default="tensorrt",
+                   help="tensorrt (needs a GPU to build) or rtx (TensorRT for RTX; builds without a GPU)")
+    t.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit in MB")
+    t.add_argument("--timing-cache", default=None, metavar="FILE", help="timing cache read before, written after")
+    t.add_argument("--version-compatible", action="store_true",
+                   help="engine runs on later TensorRT versions of the same major (slower)")
+    t.add_argument("--hardware-compatible", action="store_true",
+                   help="engine runs on any Ampere-or-later GPU (slower)")
+    t.add_argument("-v", "--verbose", action="store_true", help="print TensorRT's log")
+    t.set_defaults(func=cmd_trt)
+
+    c = sub.add_parser("check", help="Polygraphy comparison: fp32 ONNX vs fp16 ONNX and/or engine")
+    c.add_argument("model", help="fp32 .onnx (the reference)")
+    c.add_argument("--fp16", default=None, help="fp16 .onnx to compare")
+    c.add_argument("--engine", default=None, help=".engine to compare (needs a GPU; skipped otherwise)")
+    c.add_argument("--atol", type=_positive_float, default=2e-2, help="absolute tolerance on probs (default 2e-2)")
+    c.add_argument("--rtol", type=_positive_float, default=0.0, help="relative tolerance on probs (default 0)")
+    c.add_argument("--verify-batch", type=_batches, default=(1, 3), help="batch sizes compared (default 1,3)")
+    c.add_argument("-v", "--verbose", action="store_true", help="print Polygraphy's full comparison log")
+    c.set_defaults(func=cmd_check)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (SidecarError, FileNotFoundError, ValueError) as e:
+        print(f"phaseedge-export {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except RuntimeError as e:  # ExportError, BuildError, CheckFailed: a check or a build failed
+        print(f"phaseedge-export {args.command}: failed: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""ONNX graph -> strongly typed TensorRT or TensorRT-RTX engine, with its sidecar.
+
+One code path serves both targets: ``tensorrt`` (TensorRT 10/11, data-centre and
+Jetson GPUs) and ``tensorrt_rtx`` (TensorRT for RTX, workstation GPUs). Their Python
+APIs share the builder, network, parser, optimisation-profile, timing-cache and
+progress-monitor calls used here; the module is a parameter.
+
+Precision comes from the graph (``export/fp16.py``): TensorRT 11 removed
+``BuilderFlag.FP16`` and weak typing, TensorRT-RTX never had them, and on TensorRT 10
+we ask for ``STRONGLY_TYPED`` explicitly so all three behave the same.
+
+The TensorRT builder needs a GPU; the TensorRT-RTX builder does not (ahead-of-time
+build, compiled for the GPU at load time). Without a GPU we never create a Runtime
+(it crashes the interpreter); the precision report then reads the parsed network.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib
+import json
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from phaseedge import gpu, names
+from phaseedge import sidecar as sidecar_mod
+
+TARGET_MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
+HEAVY_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "EINSUM")
+MIN_FP16_HEAVY_SHARE = 0.9  # an fp16 build must run at least this share of Conv/MatMul/Einsum layers in fp16
+
+
+class BuildError(RuntimeError):
+    """Parsing or building failed, or the engine is not in the precision the graph asks for."""
+
+
+def import_target(target: str) -> ModuleType:
+    if target not in TARGET_MODULES:
+        raise ValueError(f"target must be one of {sorted(TARGET_MODULES)}, got {target!r}")
+    try:
+        return importlib.import_module(TARGET_MODULES[target])
+    except ImportError as e:
+        hint = ("pip install tensorrt-rtx" if target == "rtx"
+                else "install TensorRT from NVIDIA's package index (pip install tensorrt; needs network access "
+                     "to pypi.nvidia.com) or use --target rtx")
+        raise BuildError(f"Python module {TARGET_MODULES[target]!r} for --target {target} is not installed: {hint}") from e
+
+
+@dataclass(frozen=True)
+class PrecisionReport:
+    """Layer output types of the built engine (GPU) or the parsed network (no GPU)."""
+
+    source: str  # "engine inspector" | "parsed network"
+    by_dtype: dict[str, int]
+    heavy_by_dtype: dict[str, int]
+
+    @property
+    def heavy_fp16_share(self) -> float:
+        total = sum(self.heavy_by_dtype.values())
+        return self.heavy_by_dtype.get("fp16", 0) / total if total else 0.0
+
+    @property
+    def fp16_share(self) -> float:
+        floats = self.by_dtype.get("fp16", 0) + self.by_dtype.get("fp32", 0)
+        return self.by_dtype.get("fp16", 0) / floats if floats else 0.0
+
+    def __str__(self) -> str:
+        def fmt(c: dict[str, int]) -> str:
+            return ", ".join(f"{k} {v}" for k, v in sorted(c.items())) or "none"
+
+        return (f"layer precisions ({self.source}): {fmt(self.by_dtype)}; fp16 share of float layers "
+                f"{self.fp16_share:.1%}; Conv/MatMul/Einsum: {fmt(self.heavy_by_dtype)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "by_dtype": self.by_dtype, "heavy_by_dtype": self.heavy_by_dtype}
+
+
+@dataclass
+class BuildResult:
+    path: Path
+    sidecar: sidecar_mod.Sidecar
+    seconds: float
+    report: PrecisionReport
+    warnings: list[str] = field(default_factory=list)
+
+
+def parse_batch(text: str) -> tuple[int, int, int]:
+    """``"1:4:8"`` -> (1, 4, 8); ``"8"`` -> (1, 8, 8)."""
+    try:
+        parts = [int(p) for p in text.split(":")]
+    except ValueError:
+        raise ValueError(f"batch must be MIN:OPT:MAX integers, got {text!r}") from None
+    if len(parts) == 1:
+        parts = [1, parts[0], parts[0]]
+    if len(parts) != 3 or not 1 <= parts[0] <= parts[1] <= parts[2]:
+        raise ValueError(f"batch must be MIN:OPT:MAX with 1 <= MIN <= OPT <= MAX, got {text!r}")
+    return parts[0], parts[1], parts[2]
+
+
+def device_info() -> tuple[str, str] | None:
+    """(name, "major.minor") of CUDA device 0 via the driver API; None without a GPU."""
+    if not gpu.has_cuda_gpu():
+        return None
+    cuda = ctypes.CDLL("libcuda.so.1")
+    dev = ctypes.c_int(0)
+    name = ctypes.create_string_buffer(256)
+    major, minor = ctypes.c_int(0), ctypes.c_int(0)
+    if cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0 or cuda.cuDeviceGetName(name, 256, dev) != 0:
+        return None
+    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
+    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
+
+
+def _make_logger(trt: ModuleType, verbose: bool):
+    """A TensorRT logger that keeps warnings and errors so a failure can quote them."""
+    sev = trt.ILogger.Severity
+    keep = {sev.INTERNAL_ERROR, sev.ERROR, sev.WARNING}
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+            self.messages: list[str] = []
+
+        def log(self, severity, msg) -> None:
+            if severity in keep or verbose:
+                self.messages.append(f"[{severity.name}] {msg}")
+            if verbose:
+                print(f"[TensorRT {severity.name}] {msg}", file=sys.stderr)
+
+    return Logger()
+
+
+def _progress_monitor(trt: ModuleType, stream):
+    """A progress line fed by TensorRT's IProgressMonitor (called from builder threads).
+
+    On a terminal one line is redrawn at most 5 times a second; otherwise only
+    top-level phases are printed, one per line, so logs stay short.
+    """
+    tty = bool(getattr(stream, "isatty", lambda: False)())
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self._lock = threading.Lock()
+            self._phases: dict[str, list[int]] = {}
+            self._t0 = self._shown = time.perf_counter()
+
+        def _show(self, force: bool = False) -> None:
+            now = time.perf_counter()
+            if not tty or (not force and now - self._shown < 0.2):
+                return
+            self._shown = now
+            parts = [f"{p} {s}/{n}" for p, (s, n) in list(self._phases.items())[-3:]]
+            stream.write(f"\rbuilding [{now - self._t0:5.0f}s] " + " > ".join(parts)[:110].ljust(110))
+            stream.flush()
+
+        def phase_start(self, phase_name, parent_phase, num_steps) -> None:
+            with self._lock:
+                self._phases[phase_name] = [0, num_steps]
+                if not tty and parent_phase is None:
+                    stream.write(f"building [{time.perf_counter() - self._t0:5.0f}s] {phase_name}\n")
+                self._show(force=parent_phase is None)
+
+        def step_complete(self, phase_name, step) -> bool:
+            with self._lock:
+                if phase_name in self._phases:
+                    self._phases[phase_name][0] = step + 1
+                    self._show()
+            return True
+
+        def phase_finish(self, phase_name) -> None:
+            with self._lock:
+                self._phases.pop(phase_name, None)
+                self._show()
+
+    return Monitor()
+
+
+class _Ticker:
+    """Elapsed-time line for builders without IProgressMonitor."""
+
+    def __init__(self, stream) -> None:
+        self._stream, self._stop = stream, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(1.0):
+            self._stream.write(f"\rbuilding [{time.perf_counter() - t0:5.0f}s]")
+            self._stream.flush()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _dtype_name(trt: ModuleType, dt) -> str:
+    table = {trt.float16: "fp16", trt.float32: "fp32"}
+    bf16 = getattr(trt, "bfloat16", None)
+    if bf16 is not None:
+        table[bf16] = "bf16"
+    return table.get(dt, str(dt).split(".")[-1].lower())
+
+
+def network_precisions(trt: ModuleType, network) -> PrecisionReport:
+    """Output types of every layer that computes floats (constants and shape layers excluded)."""
+    skip = {"CONSTANT", "SHAPE", "ASSERTION"}
+    by, heavy = Counter(), Counter()
+    for i in range(network.num_layers):
+        layer = network.get_layer(i)
+        kind = layer.type.name
+        if kind in skip or layer.num_outputs == 0:
+            continue
+        dt = _dtype_name(trt, layer.get_output(0).dtype)
+        by[dt] += 1
+        if kind in HEAVY_LAYERS:
+            heavy[dt] += 1
+    return PrecisionReport("parsed network", dict(by), dict(heavy))
+
+
+def engine_precisions(trt: ModuleType, serialized: bytes, logger, batch_opt: int, tile: int, n: int) -> PrecisionReport:
+    """Per-layer output formats from the engine inspector (GPU only: needs a Runtime).
+
+    Formats are listed only with an execution context whose input shapes are set,
+    and layer parameters only with ProfilingVerbosity.DETAILED (set at build time).
+    """
+    runtime = trt.Runtime(logger)
+    engine = runtime.deserialize_cuda_engine(serialized)
+    if engine is None:
+        raise BuildError("the engine just built does not deserialise on this GPU")
+    context = engine.create_execution_context()
+    context.set_input_shape(names.IMAGE, (batch_opt, 1, tile, tile))
+    context.set_input_shape(names.RATIO, (batch_opt, n))
+    inspector = engine.create_engine_inspector()
+    inspector.execution_context = context
+    info = json.loads(inspector.get_engine_information(trt.LayerInformationFormat.JSON))
+    by, heavy = Counter(), Counter()
+    for layer in info.get("Layers", []):
+        if not isinstance(layer, dict) or not layer.get("Outputs"):
+            continue
+        fmt = str(layer["Outputs"][0].get("Format/Datatype", ""))
+        dt = "fp16" if ("FP16" in fmt or "Half" in fmt) else "fp32" if ("FP32" in fmt or "Float" in fmt) else "other"
+        by[dt] += 1
+        kind = str(layer.get("LayerType", "")).upper()
+        if any(h.replace("_", "") in kind.replace("_", "") for h in ("CONVOLUTION", "MATRIXMULTIPLY", "GEMM", "EINSUM")):
+            heavy[dt] += 1
+    return PrecisionReport("engine inspector", dict(by), dict(heavy))
+
+
+def build_engine(
+    onnx_path: str | Path,
+    out: str | Path,
+    *,
+    batch: tuple[int, int, int],
+    target: str = "tensorrt",
+    workspace_mb: int | None = None,
+    timing_cache: str | Path | None = None,
+    version_compatible: bool = False,
+    hardware_compatible: bool = False,
+    verbose: bool = False,
+    stream=sys.stderr,
+    log=print,
+) -> BuildResult:
+    """Parse ``onnx_path`` strongly typed, build for ``batch`` (min, opt, max), write engine + sidecar."""
+    onnx_path, out = Path(onnx_path), Path(out)
+    if out.suffix != ".engine":
+        raise ValueError(f"output must end in .engine, got {out}")
+    if workspace_mb is not None and workspace_mb <= 0:
+        raise ValueError(f"--workspace must be a positive number of MB, got {workspace_mb}")
+    src = sidecar_mod.load(onnx_path)  # the engine inherits classes, tile, normalisation, precision
+    if src.kind != "onnx":
+        raise ValueError(f"{onnx_path} is not an ONNX graph")
+    dev = device_info()
+    if target == "tensorrt" and dev is None:
+        raise BuildError("the TensorRT builder needs an NVIDIA GPU and none was found; "
+                         "use --target rtx (TensorRT-RTX builds without a GPU) or build on the target machine")
+    trt = import_target(target)
+    logger = _make_logger(trt, verbose)
+    t0 = time.perf_counter()
+
+    builder = trt.Builder(logger)
+    flags = 0
+    strongly_typed = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if strongly_typed is not None:
+        flags |= 1 << int(strongly_typed)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+        raise BuildError(f"{target} could not parse {onnx_path}:\n  " + "\n  ".join(errors or logger.messages))
+    inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    if inputs != {names.IMAGE, names.RATIO}:
+        raise BuildError(f"network inputs are {sorted(inputs)}, expected {[names.IMAGE, names.RATIO]}")
+    report = network_precisions(trt, network)
+
+    config = builder.create_builder_config()
+    if workspace_mb is not None:
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
+    profile = builder.create_optimization_profile()
+    t, n = src.tile, src.n_classes
+    profile.set_shape(names.IMAGE, *[(b, 1, t, t) for b in batch])
+    profile.set_shape(names.RATIO, *[(b, n) for b in batch])
+    config.add_optimization_profile(profile)
+    config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if version_compatible:
+        config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+    if hardware_compatible:
+        config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None:
+        blob = cache_path.read_bytes() if cache_path.is_file() else b""
+        config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
+        log(f"timing cache: {'reusing' if blob else 'creating'} {cache_path}")
+
+    if hasattr(trt, "IProgressMonitor"):
+        monitor = _progress_monitor(trt, stream)
+        config.progress_monitor = monitor
+        serialized = builder.build_serialized_network(network, config)
+    else:
+        with _Ticker(stream):
+            serialized = builder.build_serialized_network(network, config)
+    if getattr(stream, "isatty", lambda: False)():
+        stream.write("\n")
+    if serialized is None:
+        raise BuildError(f"{target} build failed:\n  " + "\n  ".join(logger.messages[-20:]))
+    seconds = time.perf_counter() - t0
+    if cache_path is not None:
+        cache_path.parent.mkdir(parents=True, exist_ok=True)
+        cache_path.write_bytes(bytes(memoryview(config.get_timing_cache().serialize())))
+
+    data = bytes(memoryview(serialized))
+    if dev is not None:
+        report = engine_precisions(trt, data, logger, batch[1], t, n)
+    log(str(report))
+    if src.precision == "fp16" and report.heavy_fp16_share < MIN_FP16_HEAVY_SHARE:
+        raise BuildError(f"the graph is fp16 but the engine is not mostly fp16: {report}")
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(data)
+    engine_info = sidecar_mod.EngineInfo(
+        target=target,
+        tensorrt_version=str(trt.__version__),
+        gpu_name=dev[0] if dev else sidecar_mod.NO_GPU,
+        compute_capability=dev[1] if dev and target == "tensorrt" else None,
+        version_compatible=version_compatible,
+        hardware_compatible=hardware_compatible,
+        strongly_typed=strongly_typed is not None,
+    )
+    sc = sidecar_mod.write(
+        sidecar_mod.Sidecar(
+            kind="engine", architecture=src.architecture, plm=src.plm, class_names=src.class_names,
+            n_classes=n, tile=t, normalization=src.normalization, inputs=src.inputs, outputs=src.outputs,
+            batch=batch, precision=src.precision, engine=engine_info,
+            source={"onnx": onnx_path.name, "onnx_sha256": src.sha256, "build_seconds": round(seconds, 1),
+                    "workspace_mb": workspace_mb, "layer_precisions": report.to_dict()},
+        ),
+        out,
+    )
+    return BuildResult(out, sc, seconds, report, logger.messages)
