@@ -84,6 +84,15 @@ def test_mismatched_or_missing_model_is_exit_2(workdir, capsys):
     assert main(["segment", str(d / "a.tif"), "--model", str(d / "none.onnx"), "--out", str(d / "o")]) == 2
 
 
+def test_default_model_missing_is_exit_2(workdir, monkeypatch, capsys):
+    from phaseedge import segmenter
+
+    d, _ = workdir
+    monkeypatch.setattr(segmenter, "MODELS_DIR", d / "empty")
+    assert main(["segment", str(d / "a.tif"), "--model", "default", "--out", str(d / "o")]) == 2
+    assert "bundled model" in capsys.readouterr().err
+
+
 def test_bad_arguments_exit_2(workdir):
     d, model = workdir
     with pytest.raises(SystemExit) as e:
