@@ -3,6 +3,7 @@ against the numpy reference (bit for bit, since both use the same float32 arithm
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -394,3 +395,19 @@ def test_dispatch_names_backend_and_forcing_numpy_works() -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["numpy", str(float(np.float32(3) * np.float32(1 / 29)))]
     assert "host ops: numpy (PHASEEDGE_NO_NATIVE is set)" in r.stderr
+
+
+# ---------------------------------------------------------------- phaseedge-bench host
+@needs_native
+def test_bench_host_small_frame(capsys) -> None:
+    from phaseedge.bench.cli import main
+
+    rc = main(["host", "--frame", "150x97", "--classes", "3", "--tile", "32", "--batch", "3", "--runs", "1",
+               "--blend", "center", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert rc == 0 and report["identical"] is True
+    assert report["frame"] == {"width": 150, "height": 97, "dtype": "uint16"} and report["tiles"] > 1
+    for key in ("native_s", "numpy_s"):
+        assert report[key] > 0
+        assert set(report[f"{key[:-2]}_steps_s"]) == {"gather", "accumulate", "finish", "shift"}
+    assert report["speedup"] == pytest.approx(report["numpy_s"] / report["native_s"], abs=0.006)
