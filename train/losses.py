@@ -89,9 +89,5 @@ def segmentation_loss(
     dice = soft_dice_loss(probs, onehot, w, cfg.smooth)
     ratio_mse = F.mse_loss(probs.mean(dim=(2, 3)), ratio_true.to(probs))
     total = cfg.ce_weight * ce + cfg.dice_weight * dice + cfg.ratio_weight * ratio_mse
-    return total, {
-        "loss": float(total),
-        "ce": float(ce),
-        "dice_loss": float(dice),
-        "ratio_mse": float(ratio_mse),
-    }
+    parts = {"loss": total, "ce": ce, "dice_loss": dice, "ratio_mse": ratio_mse}
+    return total, {k: v.item() for k, v in parts.items()}

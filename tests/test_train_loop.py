@@ -1,0 +1,125 @@
+"""Training loop: the loss goes down, resume continues exactly, the best checkpoint loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from phaseedge.train import checkpoint
+from phaseedge.train.augment import CropSampler, true_ratios
+from phaseedge.train.data import synthetic
+from phaseedge.train.loop import FitConfig, fit
+from phaseedge.train.losses import LossConfig, segmentation_loss
+from phaseedge.train.models import build_model
+
+NAMES = ["ferrite", "martensite", "bainite"]
+
+
+@pytest.fixture(scope="module")
+def frames():
+    torch.set_num_threads(1)  # OpenMP spin-waits badly on shared cores
+    return synthetic([101, 102], (96, 96), 3), synthetic([201], (64, 64), 3)
+
+
+def _cfg(**kw) -> FitConfig:
+    base = {
+        "model": "unet-tiny",
+        "tile": 32,
+        "batch_size": 4,
+        "crops_per_epoch": 8,
+        "lr": 3e-3,
+        "class_names": NAMES,
+        "seed": 3,
+    }
+    base.update(kw)
+    return FitConfig.from_dict(base)
+
+
+def test_a_few_steps_lower_the_loss(frames):
+    torch.manual_seed(0)
+    model = build_model("unet-tiny", 3, plm=True, tile=32)
+    images, masks = CropSampler(frames[0], 32).sample(8, np.random.default_rng(0))
+    ratio = true_ratios(masks, 3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(15):
+        loss, parts = segmentation_loss(model(images, ratio), masks, ratio, torch.ones(3), LossConfig())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(parts["loss"])
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_loss_parts_on_a_perfect_prediction():
+    masks = torch.from_numpy(np.repeat(np.arange(3), 12).reshape(1, 6, 6))
+    logits = 50.0 * torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()
+    _, parts = segmentation_loss(logits, masks, true_ratios(masks, 3), torch.ones(3), LossConfig())
+    assert parts["ce"] < 1e-6 and parts["dice_loss"] < 1e-3 and parts["ratio_mse"] < 1e-9
+    _, wrong = segmentation_loss(
+        logits.roll(1, dims=1), masks, true_ratios(masks, 3), torch.ones(3), LossConfig()
+    )
+    assert wrong["ce"] > 10 and wrong["dice_loss"] > 0.9
+
+
+def _state(out):
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "state" / "trainable.safetensors")), load_file(
+        str(out / "state" / "optimizer.safetensors")
+    )
+
+
+def test_resume_gives_the_same_state(frames, tmp_path):
+    train, val = frames
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    fit(_cfg(epochs=2), train, val, straight, progress=False)
+    fit(_cfg(epochs=1), train, val, split, progress=False)
+    fit(_cfg(epochs=2), train, val, split, resume=True, progress=False)
+    (wa, oa), (wb, ob) = _state(straight), _state(split)
+    assert wa.keys() == wb.keys() and oa.keys() == ob.keys()
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=0, msg=k)
+    for k in oa:
+        torch.testing.assert_close(oa[k], ob[k], rtol=0, atol=0, msg=k)
+    logs = [
+        [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (straight, split)
+    ]
+    assert [r["train"] for r in logs[0]] == [r["train"] for r in logs[1]]
+    assert json.loads((straight / "state" / "state.json").read_text())["progress"]["epoch"] == 2
+
+
+def test_best_checkpoint_and_log(frames, tmp_path):
+    train, val = frames
+    out = tmp_path / "run"
+    summary = fit(_cfg(epochs=2), train, val, out, progress=False)
+    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(records) == 2
+    assert {"loss", "ce", "dice_loss", "ratio_mse"} <= set(records[0]["train"])
+    assert set(records[0]["plm"]) == {"plm.gamma", "plm.delta"}
+    best = max(records, key=lambda r: r["val"]["macro_dice"])
+    assert summary["best_epoch"] == best["epoch"]
+    model = checkpoint.load(out / "best")
+    assert model.plm_enabled and model.config["class_names"] == NAMES
+    with pytest.raises(FileExistsError):
+        fit(_cfg(epochs=1), train, val, out, progress=False)
+
+
+def test_time_budget_stops_cleanly(frames, tmp_path):
+    train, val = frames
+    summary = fit(_cfg(epochs=50, max_minutes=1e-4, plm=False), train, val, tmp_path / "t", progress=False)
+    assert summary["stopped_by_time"] and summary["best_epoch"] == 1
+    assert not checkpoint.load(tmp_path / "t" / "best").plm_enabled
+
+
+def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="unknown training settings"):
+        FitConfig.from_dict({"epochz": 3})
+    with pytest.raises(ValueError, match="alpha_min"):
+        FitConfig.from_dict({"ratio": {"alpha_min": 1.5}})
+    with pytest.raises(ValueError, match="batch_size"):
+        FitConfig.from_dict({"batch_size": 0})

@@ -1,0 +1,371 @@
+"""The training loop: Adam on Dice+CE+ratio-MSE, validation by macro Dice, resumable state.
+
+``OUT/`` after a run:
+- ``config.json``  the full :class:`FitConfig` (what to pass back with ``--config``)
+- ``log.jsonl``    one line per epoch: losses, validation metrics, gamma/delta of the PLM
+- ``state/``       resume point: trainable weights + buffers, Adam moments, epoch/step,
+                   sampler and torch RNG (safetensors + JSON, no pickles)
+- ``best/``        the best epoch by validation macro Dice: a LoRA-merged checkpoint
+                   (``phaseedge.train.checkpoint``) plus ``trainable.safetensors`` and ``metrics.json``
+
+Validation crops each validation frame into tiles (the last row/column shifted to fit) and
+gives each tile the guess of its own ratio at ``val_ratio_accuracy`` (the paper's 90 % by
+default; ``None`` = zeros). Whole-frame tiled evaluation with blending is ``evaluate.py``.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from phaseedge.train import checkpoint
+from phaseedge.train.augment import (
+    AugmentConfig,
+    CropSampler,
+    RatioConfig,
+    input_ratios,
+    sliding_windows,
+    true_ratios,
+)
+from phaseedge.train.data import LabelledImage, class_frequencies
+from phaseedge.train.losses import LossConfig, resolve_class_weights, segmentation_loss
+from phaseedge.train.models import build_model
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from phaseedge import ratio as ratio_ops
+from phaseedge.metrics import ConfusionMatrix
+
+STATE_VERSION = 1
+
+
+@dataclass
+class FitConfig:
+    """Everything that defines a run. ``None`` fields take per-architecture defaults."""
+
+    model: str = "unet"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    plm: bool = True
+    tile: int = 256
+    class_names: list[str] | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    crops_per_epoch: int | None = None  # default: training area / tile area, at least 8 batches
+    max_minutes: float | None = None
+    seed: int = 0
+    amp: bool | None = None  # None: on when training on CUDA
+    num_threads: int = 1  # OpenMP threads spin-wait when cores are shared: 1 is far faster on a busy box
+    val_ratio_accuracy: float | None = 0.9
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    ratio: RatioConfig = field(default_factory=RatioConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> FitConfig:
+        d = dict(d)
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        sub = {
+            "augment": AugmentConfig.from_dict(d.pop("augment", {}) or {}),
+            "ratio": RatioConfig.from_dict(d.pop("ratio", {}) or {}),
+            "loss": LossConfig.from_dict(d.pop("loss", {}) or {}),
+        }
+        return cls(**d, **sub).checked()
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def checked(self) -> FitConfig:
+        for name in ("epochs", "batch_size", "crops_per_epoch", "tile", "num_threads"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+                raise ValueError(f"{name} must be a positive integer, got {v!r}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.val_ratio_accuracy is not None and not 0 <= self.val_ratio_accuracy <= 1:
+            raise ValueError(f"val_ratio_accuracy must be in [0, 1] or null, got {self.val_ratio_accuracy}")
+        return self
+
+    def resolved(self, train_items: list[LabelledImage]) -> FitConfig:
+        """Fill the defaults: the paper's for SAM (lr 1e-5, batch 8, 40 epochs), CPU-sized for U-Nets."""
+        sam = self.model.startswith("sam")
+        c = copy.deepcopy(self)
+        c.lr = c.lr if c.lr is not None else (1e-5 if sam else 1e-3)
+        c.batch_size = c.batch_size or 8
+        c.epochs = c.epochs or (40 if sam else 30)
+        if c.crops_per_epoch is None:
+            area = sum(it.mask.size for it in train_items)
+            c.crops_per_epoch = max(8 * c.batch_size, math.ceil(area / c.tile**2))
+        return c
+
+
+# ----------------------------------------------------------------------------- state
+def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Trainable parameters and all buffers (BatchNorm statistics change in training too)."""
+    out = {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    out.update({n: b.detach().cpu().contiguous() for n, b in model.named_buffers()})
+    return out
+
+
+def _load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor], where: Path) -> None:
+    expected = set(_trainable_state(model))
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise ValueError(
+            f"{where}: saved state does not fit this model (missing {missing[:5]}, extra {extra[:5]})"
+        )
+    model.load_state_dict(tensors, strict=False)
+
+
+def save_state(out: Path, model, opt, scaler, rng: np.random.Generator, progress: dict) -> None:
+    """Write the resume point atomically (a crash mid-write leaves the previous one)."""
+    tmp = out / "state.tmp"
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_file(_trainable_state(model), str(tmp / "trainable.safetensors"))
+    opt_sd = opt.state_dict()
+    tensors = {"rng.torch": torch.get_rng_state()}
+    for idx, st in opt_sd["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{idx}.{k}"] = (
+                (v if torch.is_tensor(v) else torch.tensor(v)).detach().cpu().contiguous()
+            )
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    meta = {
+        "state_version": STATE_VERSION,
+        "progress": progress,
+        "param_groups": opt_sd["param_groups"],
+        "numpy_rng": rng.bit_generator.state,
+        "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+    }
+    (tmp / "state.json").write_text(json.dumps(meta, indent=1))
+    final = out / "state"
+    if final.exists():
+        old = out / "state.old"
+        final.rename(old)
+        tmp.rename(final)
+        for f in old.iterdir():
+            f.unlink()
+        old.rmdir()
+    else:
+        tmp.rename(final)
+
+
+def load_state(out: Path, model, opt, scaler, rng: np.random.Generator) -> dict:
+    """Restore what :func:`save_state` wrote; returns the saved progress dict."""
+    d = out / "state"
+    if not (d / "state.json").is_file():
+        raise FileNotFoundError(f"--resume: no saved state in {d}")
+    meta = json.loads((d / "state.json").read_text())
+    if meta.get("state_version") != STATE_VERSION:
+        raise ValueError(f"{d}: state version {meta.get('state_version')} != {STATE_VERSION}")
+    _load_trainable_state(model, load_file(str(d / "trainable.safetensors")), d)
+    tensors = load_file(str(d / "optimizer.safetensors"))
+    torch.set_rng_state(tensors.pop("rng.torch"))
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, v in tensors.items():
+        _, idx, k = key.split(".", 2)
+        state.setdefault(int(idx), {})[k] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    rng.bit_generator.state = meta["numpy_rng"]
+    if meta["scaler"] is not None and scaler.is_enabled():
+        scaler.load_state_dict(meta["scaler"])
+    return meta["progress"]
+
+
+# ------------------------------------------------------------------------ validation
+@torch.no_grad()
+def validate(
+    model,
+    items: list[LabelledImage],
+    n_classes: int,
+    batch: int,
+    ratio_accuracy: float | None,
+    device: torch.device,
+    class_names: list[str] | None = None,
+) -> dict:
+    """Tile every validation frame, score all tiles' pixels in one confusion matrix."""
+    model.eval()
+    cm = ConfusionMatrix(n_classes, class_names)
+    for images, masks in sliding_windows(items, model.tile, batch):
+        if ratio_accuracy is None or not model.plm_enabled:
+            r = torch.zeros(images.shape[0], n_classes)
+        else:
+            truth = np.stack([ratio_ops.from_mask(m, n_classes) for m in masks.numpy()])
+            r = torch.from_numpy(ratio_ops.guess(truth, ratio_accuracy))
+        logits = model(images.to(device), r.to(device))
+        cm.update(logits.argmax(dim=1).cpu().numpy(), masks.numpy())
+    return cm.summary()
+
+
+def plm_regulators(model: torch.nn.Module) -> dict[str, float]:
+    """The PLM's learnt gamma and delta (paper Table 7), by parameter name."""
+    return {
+        n: float(p.detach().float().mean())
+        for n, p in model.named_parameters()
+        if n.rsplit(".", 1)[-1] in ("gamma", "delta")
+    }
+
+
+# ------------------------------------------------------------------------------- fit
+def fit(
+    cfg: FitConfig,
+    train_items: list[LabelledImage],
+    val_items: list[LabelledImage],
+    out: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train, validate every epoch, keep the best; return a summary (best epoch and metrics)."""
+    out = Path(out)
+    if not train_items or not val_items:
+        raise ValueError("fit needs training and validation images")
+    n_classes = (
+        len(cfg.class_names)
+        if cfg.class_names
+        else 1 + max(int(it.mask.max()) for it in train_items + val_items)
+    )
+    class_names = cfg.class_names or [f"class{i}" for i in range(n_classes)]
+    for it in train_items + val_items:
+        if int(it.mask.max()) >= n_classes:
+            raise ValueError(f"{it.name}: label {int(it.mask.max())} but only {n_classes} class names")
+    cfg = cfg.resolved(train_items)
+    cfg.class_names = class_names
+    if not resume and (out / "state").exists():
+        raise FileExistsError(
+            f"{out} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
+
+    torch.set_num_threads(cfg.num_threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
+    if amp and device.type != "cuda":
+        raise ValueError("amp needs a CUDA device")
+
+    model = build_model(cfg.model, n_classes, plm=cfg.plm, tile=cfg.tile, **cfg.model_kwargs).to(device)
+    params = model.trainable_parameters()
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    weights = torch.from_numpy(resolve_class_weights(cfg.loss, class_frequencies(train_items, n_classes)))
+    sampler = CropSampler(train_items, cfg.tile, cfg.augment)
+    steps_per_epoch = math.ceil(cfg.crops_per_epoch / cfg.batch_size)
+
+    start = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": None}
+    if resume:
+        start = load_state(out, model, opt, scaler, rng)
+    best = {"dice": start["best_dice"], "epoch": start["best_epoch"]}
+    t0 = time.monotonic()
+    budget = cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
+    val_seconds = 0.0
+    stopped = False
+    steps_run = 0  # this session's steps: at least one runs, whatever the budget
+    log = (out / "log.jsonl").open("a")
+    try:
+        epoch, step0 = start["epoch"], start["step"]
+        while epoch < cfg.epochs and not stopped:
+            model.train()
+            sums: dict[str, float] = {}
+            done = 0
+            bar = tqdm(
+                range(step0, steps_per_epoch),
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                disable=not progress,
+                leave=False,
+            )
+            for step in bar:
+                if steps_run and time.monotonic() - t0 + val_seconds > budget:
+                    stopped = True
+                    break
+                images, masks = sampler.sample(cfg.batch_size, rng)
+                r_in = (
+                    input_ratios(masks, n_classes, rng, cfg.ratio)
+                    if model.plm_enabled
+                    else torch.zeros(masks.shape[0], n_classes)
+                )
+                r_true = true_ratios(masks, n_classes)
+                images, masks, r_in, r_true = (t.to(device) for t in (images, masks, r_in, r_true))
+                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                    logits = model(images, r_in)
+                loss, parts = segmentation_loss(logits, masks, r_true, weights, cfg.loss)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                done += 1
+                steps_run += 1
+                for k, v in parts.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            bar.close()
+            if done == 0 and stopped:
+                break
+            step_end = step0 + done
+            epoch_complete = step_end >= steps_per_epoch
+            tv = time.monotonic()
+            metrics = validate(
+                model, val_items, n_classes, cfg.batch_size, cfg.val_ratio_accuracy, device, class_names
+            )
+            val_seconds = time.monotonic() - tv
+            dice = metrics["macro_dice"] if metrics["macro_dice"] is not None else -1.0
+            record = {
+                "epoch": epoch + 1,
+                "complete": epoch_complete,
+                "steps": done,
+                "minutes": round((time.monotonic() - t0) / 60.0, 3),
+                "train": {k: v / done for k, v in sums.items()},
+                "val": metrics,
+                "plm": plm_regulators(model),
+            }
+            if dice > best["dice"]:
+                best = {"dice": dice, "epoch": epoch + 1}
+                save_best(model, out / "best", class_names, record)
+            record["best_epoch"] = best["epoch"]
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            if progress:
+                tqdm.write(
+                    f"epoch {epoch + 1}: loss {record['train'].get('loss', float('nan')):.4f} "
+                    f"val macro Dice {dice:.4f} (best {best['dice']:.4f} @ {best['epoch']})"
+                )
+            if epoch_complete:
+                epoch, step0 = epoch + 1, 0
+            else:
+                step0 = step_end
+            save_state(
+                out,
+                model,
+                opt,
+                scaler,
+                rng,
+                {"epoch": epoch, "step": step0, "best_dice": best["dice"], "best_epoch": best["epoch"]},
+            )
+    finally:
+        log.close()
+    return {
+        "out": str(out),
+        "best_epoch": best["epoch"],
+        "best_val_macro_dice": best["dice"],
+        "stopped_by_time": stopped,
+        "minutes": round((time.monotonic() - t0) / 60.0, 2),
+    }
+
+
+def save_best(model: torch.nn.Module, where: Path, class_names: list[str], record: dict) -> None:
+    """LoRA-merged checkpoint (checkpoint.save merges a copy) plus the raw trainable state."""
+    checkpoint.save(model, where, class_names=class_names)
+    save_file(_trainable_state(model), str(where / "trainable.safetensors"))
+    (where / "metrics.json").write_text(json.dumps(record, indent=1))
