@@ -6,7 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from phaseedge.train.models import SAM_SPECS, build_model, load_sam_checkpoint
-from phaseedge.train.models.sam_checkpoint import PIXEL_MEAN, PIXEL_STD, fold_rgb_patch_embed
+from phaseedge.train.models.sam_checkpoint import (
+    PIXEL_MEAN,
+    PIXEL_STD,
+    convert_sam_state_dict,
+    fold_rgb_patch_embed,
+)
 
 from tests.sam_reference import official_state_dict, randomize_, reference_sam
 
@@ -99,3 +104,18 @@ def test_vit_b_shapes_match_the_official_layout():
     diff = {k for k in used if used[k] != ours[k]}
     assert diff == {"image_encoder.patch_embed.proj.weight"}
     assert ours["image_encoder.patch_embed.proj.weight"] == (768, 1, 16, 16)
+
+
+def test_official_vit_b_shapes_convert_to_tile_512():
+    """sam_vit_b_01ec64.pth's shapes (zeros here) fit sam-vit-b at tile 512 after the SAMed resizes."""
+    with torch.device("meta"):
+        ref = reference_sam(SAM_SPECS["sam-vit-b"], 1024, n_classes=4)
+        model = build_model("sam-vit-b", 3, tile=512)
+    state = {k: torch.zeros(v.shape) for k, v in official_state_dict(*ref).items()}
+    converted, report = convert_sam_state_dict(state, model)
+    assert report.missing == [] and report.unexpected == []
+    resized = {f"image_encoder.blocks.{i}.attn.rel_pos_{a}" for i in (2, 5, 8, 11) for a in "hw"}
+    assert resized | {"image_encoder.pos_embed", "mask_decoder.mask_tokens.weight"} <= set(report.converted)
+    assert converted["image_encoder.pos_embed"].shape == (1, 32, 32, 768)
+    assert converted["image_encoder.blocks.2.attn.rel_pos_h"].shape == (63, 64)
+    assert converted["image_encoder.blocks.0.attn.rel_pos_h"].shape == (27, 64)
