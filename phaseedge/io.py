@@ -101,7 +101,10 @@ def _first_channel(a: np.ndarray) -> np.ndarray:
 
 def _read_opencv(path: Path) -> tuple[np.ndarray, int]:
     # imdecode from bytes: cv2.imread cannot open non-ASCII paths on some platforms
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise ValueError(f"cannot read image {path}: {exc}") from exc
     img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
     if img is None:
         raise ValueError(f"cannot read image {path}: not a format OpenCV can decode (PNG, JPEG, ...)")
