@@ -239,7 +239,8 @@ for m in "${MODELS[@]}"; do
         else skip fp16 "$m" "no ONNX graph"
         fi
         for target in trt rtx; do
-            if [[ $target == trt ]]; then have=$HAS_TRT engine="$d/model.engine" extra=()
+            # one timing cache for all TensorRT builds; TensorRT-RTX ignores timing caches
+            if [[ $target == trt ]]; then have=$HAS_TRT engine="$d/model.engine" extra=(--timing-cache "$OUT/timing.cache")
             else have=$HAS_RTX engine="$d/model.rtx.engine" extra=(--target rtx)
             fi
             if ((!have)); then skip "$target-build" "$m" "python module $([[ $target == trt ]] && echo tensorrt || echo tensorrt_rtx) not installed"
@@ -274,9 +275,12 @@ for m in "${MODELS[@]}"; do
     fi
 
     if [[ -n $EXPORT && -f $d/model.onnx ]]; then
-        if [[ -f $d/model.engine ]]; then run_step check "$m" "$EXPORT" check "$d/model.onnx" --engine "$d/model.engine"
-        else run_step check "$m" "$EXPORT" check "$d/model.onnx"
+        args=(check "$d/model.onnx")
+        [[ -f $d/model.fp16.onnx ]] && args+=(--fp16 "$d/model.fp16.onnx")
+        if [[ -f $d/model.engine ]]; then args+=(--engine "$d/model.engine")
+        elif [[ -f $d/model.rtx.engine ]]; then args+=(--engine "$d/model.rtx.engine")
         fi
+        run_step check "$m" "$EXPORT" "${args[@]}"
     elif [[ -n $EXPORT ]]; then skip check "$m" "no ONNX graph"
     fi
 

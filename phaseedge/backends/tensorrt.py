@@ -229,7 +229,13 @@ class _Pipeline:
         self.inputs = [t for t in plan.tensors if t.is_input]
         self.outputs = [t for t in plan.tensors if not t.is_input]
         self.upload, self.compute, self.download = cm.Stream(), cm.Stream(), cm.Stream()
-        self.slots = [_Slot(plan, cm) for _ in range(plan.slots)]
+        self.slots: list[_Slot] = []
+        try:
+            for _ in range(plan.slots):
+                self.slots.append(_Slot(plan, cm))
+        except BaseException:  # e.g. out of memory: give back what was allocated
+            self.free()
+            raise
         self._next = 0
 
     def submit(self, arrays: dict[str, np.ndarray]) -> _Slot:
@@ -362,6 +368,7 @@ class TensorRTBackend(Backend):
         self._runner: int | None = None  # thread id holding _run_lock
         self._closed = False
         self._trt: ModuleType | None = None
+        self._logger: Any = None  # TensorRT keeps a pointer to it: it must outlive the runtime
         self._runtime: Any = None
         self._engine: Any = None
         self._context: Any = None
@@ -404,20 +411,24 @@ class TensorRTBackend(Backend):
                 f"{self.path} changed after the backend was created (sha256 {digest}, sidecar says "
                 f"{self.sidecar.sha256}); {_REBUILD}"
             )
-        logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(logger)
-        _check_validity(trt, runtime, blob, self.path)
-        engine = runtime.deserialize_cuda_engine(blob)
-        del blob
-        if engine is None:
-            raise RuntimeError(f"TensorRT could not deserialise {self.path} (see its log above); {_REBUILD}")
-        sidecar.check_io(self.sidecar, engine_io(trt, engine))
-        self._check_profile(engine)
-        context = self._create_context(engine)
-        if context is None:
-            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
-        self._trt, self._runtime, self._engine, self._context = trt, runtime, engine, context
-        pipe = _Pipeline(context, self.plan, cuda_mem)
+        self._trt = trt
+        try:
+            self._logger = trt.Logger(trt.Logger.WARNING)
+            self._runtime = trt.Runtime(self._logger)
+            _check_validity(trt, self._runtime, blob, self.path)
+            self._engine = self._runtime.deserialize_cuda_engine(blob)
+            del blob
+            if self._engine is None:
+                raise RuntimeError(f"TensorRT could not deserialise {self.path} (see its log above); {_REBUILD}")
+            sidecar.check_io(self.sidecar, engine_io(trt, self._engine))
+            self._check_profile(self._engine)
+            self._context = self._create_context(self._engine)
+            if self._context is None:
+                raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?)")
+            pipe = _Pipeline(self._context, self.plan, cuda_mem)
+        except BaseException:
+            self._release_trt()
+            raise
         log.info(
             "TensorRT %s engine %s on %s (%s, sm %s): max batch %d, %.1f MB pinned + %.1f MB device I/O buffers",
             self.trt_version, self.path.name, self.device, self.gpu.name, self.gpu.compute_capability,
@@ -533,10 +544,15 @@ class TensorRTBackend(Backend):
                 self._save_runtime_cache()
             finally:
                 self._pipe = None
-                self._context = None  # a context must go before its engine, the engine before its runtime
-                self._rtx_cache = None
-                self._engine = None
-                self._runtime = None
+                self._release_trt()
+
+    def _release_trt(self) -> None:
+        """Drop TensorRT objects in dependency order: context, engine, runtime, logger."""
+        self._context = None
+        self._rtx_cache = None
+        self._engine = None
+        self._runtime = None
+        self._logger = None
 
     def __del__(self) -> None:
         if not getattr(self, "_closed", True) and getattr(self, "_pipe", None) is not None:
