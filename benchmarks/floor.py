@@ -15,6 +15,7 @@ Three counters, so each can check the others:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from pathlib import Path
@@ -97,14 +98,13 @@ def onnx_flops(path: str | Path) -> dict[str, Any]:
     listed under ``uncounted_ops`` so the reader sees what was skipped.
     """
     import onnx
-    from onnx import shape_inference
 
     model = onnx.load(str(path), load_external_data=False)
     for value in model.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
-    model = shape_inference.infer_shapes(model, data_prop=True)
+    model = _infer_shapes(model)
     shapes: dict[str, tuple[int, ...] | None] = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
         dims = value.type.tensor_type.shape.dim
@@ -134,6 +134,25 @@ def onnx_flops(path: str | Path) -> dict[str, Any]:
         "uncounted_ops": dict(other),
         "method": "onnx graph (Conv/ConvTranspose/MatMul/Gemm/Einsum after shape inference)",
     }
+
+
+def _infer_shapes(model):
+    """Every intermediate shape at batch 1.
+
+    ONNX Runtime's symbolic shape inference follows Shape -> Gather -> Concat -> Reshape
+    chains (attention reshapes) that plain ONNX inference leaves unknown; it is used
+    when onnxruntime is installed, else ONNX's own (unresolved nodes are then listed).
+    """
+    from onnx import shape_inference
+
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+    except ImportError:
+        return shape_inference.infer_shapes(model, data_prop=True)
+    try:
+        return SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # noqa: BLE001 - an op it does not know: fall back, unresolved nodes are reported
+        return shape_inference.infer_shapes(model, data_prop=True)
 
 
 def _known(*shapes) -> bool:
@@ -207,6 +226,20 @@ def _example_inputs(model, tile: int, n_classes: int):
     return image, ratio
 
 
+@contextlib.contextmanager
+def _frozen(model):
+    """No parameter requires grad while counting: FlopCounterMode's module tracker otherwise
+    trips over parameters that reach an output unchanged under no_grad (SAM's tokens)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
 def torch_flops(model, tile: int, n_classes: int) -> dict[str, Any]:
     """FLOPs of one tile (batch 1) of a PyTorch model, counted by FlopCounterMode."""
     import torch
@@ -214,7 +247,7 @@ def torch_flops(model, tile: int, n_classes: int) -> dict[str, Any]:
 
     image, ratio = _example_inputs(model, tile, n_classes)
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    with _frozen(model), torch.no_grad(), counter:
         model(image, ratio)
     by_op = {str(op).split(".", 1)[-1]: int(v)
              for op, v in counter.get_flop_counts().get("Global", {}).items()}
@@ -248,7 +281,7 @@ def layer_flops(model, tile: int, n_classes: int) -> dict[str, Any]:
                if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear))]
     image, ratio = _example_inputs(model, tile, n_classes)
     try:
-        with torch.no_grad():
+        with _frozen(model), torch.no_grad():
             model(image, ratio)
     finally:
         for h in handles:
@@ -314,6 +347,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--frame", type=parse_frame, default=(3072, 4096), metavar="WxH", help="frame size (default 4096x3072)")
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device to probe (default cpu)")
+    p.add_argument("--cross-check", action="store_true",
+                   help="also count with FlopCounterMode and the per-layer hand count on the PyTorch architecture "
+                        "(checkpoint, or random weights: FLOPs do not depend on them)")
+    p.add_argument("--torch-model", metavar="CKPT_DIR", help="checkpoint for --cross-check (default: random weights)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 
@@ -327,6 +364,13 @@ def run(args) -> int:
     spec = resolve(args.model)
     result = measure(spec, args.frame, args.overlap, args.device)
     result["model"] = spec.describe()
+    if args.cross_check:
+        from phaseedge.bench.models import torch_model
+
+        module, origin = torch_model(spec, args.torch_model)
+        result["cross_check"] = {"torch_model": origin,
+                                 "flop_counter": torch_flops(module, spec.tile, spec.n_classes)["flops"],
+                                 "hand_count": layer_flops(module, spec.tile, spec.n_classes)["flops"]}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -342,6 +386,10 @@ def run(args) -> int:
         ["peak", peak_text],
         ["floor per frame", "—" if result["floor_ms"] is None else f"{result['floor_ms']:.1f} ms"],
     ]
+    if "cross_check" in result:
+        cc = result["cross_check"]
+        rows += [["FlopCounterMode per tile", f"{si(cc['flop_counter'])} ({cc['torch_model']})"],
+                 ["hand count (conv + linear)", si(cc["hand_count"])]]
     print(f"compute floor of {spec.path} ({spec.architecture}, {spec.precision})")
     print(format_table(rows, ["quantity", "value"]))
     return 0

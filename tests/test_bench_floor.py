@@ -141,3 +141,34 @@ def export_tiny(path, tile: int = 32, n_classes: int = 3, seed: int = 0):
                                   tile=tile, normalization={"method": "percentile", "low": 0.5, "high": 99.5},
                                   inputs=inputs, outputs=outputs, batch=(1, 4, 8), precision="fp32"), path)
     return net, path
+
+
+@pytest.mark.parametrize("arch", ["unet-tiny", "sam-tiny"])
+def test_graph_count_matches_flop_counter_on_project_models(arch, tmp_path, capsys):
+    """The real architectures (attention reshapes, Einsum, LoRA, PLM) exported and counted both ways."""
+    import warnings
+
+    from phaseedge.export.onnx_export import ExportWrapper
+    from phaseedge.train.models import build_model
+
+    from phaseedge import sidecar
+
+    model = build_model(arch, 3, plm=True).eval()
+    t = model.tile
+    path = tmp_path / f"{arch}.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(ExportWrapper(model, True).eval(), (torch.rand(2, 1, t, t).half(), torch.rand(2, 3)),
+                          str(path), dynamo=False, input_names=["image", "ratio"], output_names=["probs"],
+                          dynamic_axes={"image": {0: "B"}, "ratio": {0: "B"}, "probs": {0: "B"}})
+    inputs, outputs = sidecar.io_specs(t, 3)
+    sidecar.write(sidecar.Sidecar(kind="onnx", architecture=arch, plm=True, class_names=("a", "b", "c"), n_classes=3,
+                                  tile=t, normalization={"method": "percentile", "low": 0.5, "high": 99.5},
+                                  inputs=inputs, outputs=outputs, batch=(1, 4, 8), precision="fp32",
+                                  source={"arch_kwargs": model.config.get("arch_kwargs", {})}), path)
+    assert cli.main(["floor", "--model", str(path), "--cross-check", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"]["unresolved_nodes"] == []
+    assert out["flops_per_tile"] == out["cross_check"]["flop_counter"]
+    if arch.startswith("unet"):  # all convolution: the hand count is the whole model
+        assert out["cross_check"]["hand_count"] == out["flops_per_tile"]
