@@ -14,6 +14,9 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 )
 
 
+_OVERLAY_ROWS = 512
+
+
 def palette(n: int) -> np.ndarray:
     """uint8 [n, 3] RGB colours; beyond the fixed list, evenly spaced hues."""
     import cv2
@@ -72,12 +75,15 @@ class Result:
         frame = check_frame(image)
         if frame.shape != self.labels.shape:
             raise ValueError(f"image shape {frame.shape} differs from the labels' {self.labels.shape}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         lo, hi = frame_range(frame)
-        grey = (apply(frame, lo, hi) * 255).astype(np.uint8)
         colours = palette(len(self.class_names))
-        out = np.repeat(grey[..., None], 3, axis=2).astype(np.float32)
-        out = (1 - alpha) * out + alpha * colours[self.labels].astype(np.float32)
-        out = np.clip(out, 0, 255).astype(np.uint8)
+        out = np.empty((*frame.shape, 3), np.uint8)
+        for y in range(0, frame.shape[0], _OVERLAY_ROWS):  # row chunks: small temporaries on huge frames
+            grey = apply(frame[y: y + _OVERLAY_ROWS], lo, hi) * (255.0 * (1.0 - alpha))
+            tint = colours[self.labels[y: y + _OVERLAY_ROWS]].astype(np.float32) * alpha
+            out[y: y + _OVERLAY_ROWS] = np.clip(tint + grey[..., None] + 0.5, 0, 255).astype(np.uint8)
         if legend:
             _draw_legend(out, self.class_names, self.fraction_vector, colours)
         return out

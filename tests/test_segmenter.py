@@ -341,3 +341,19 @@ def test_a_failing_batch_closes_the_backend_pipeline_at_once():
     # still references the frames: not left for the garbage collector, because a GPU
     # backend holds its pipeline lock until its iterator ends
     assert excinfo.traceback and Broken.closed
+
+
+def test_overlay_colours_classes_and_draws_a_legend(affine):
+    from phaseedge.result import palette
+
+    img = _frame((600, 700), seed=4)
+    r = Segmenter(affine).segment(img)
+    plain = r.overlay(img, alpha=1.0, legend=False)
+    assert plain.shape == (600, 700, 3) and plain.dtype == np.uint8
+    assert np.array_equal(plain, palette(2)[r.labels])  # alpha 1: pure class colours
+    with_legend = r.overlay(img)
+    assert not np.array_equal(with_legend[:20, :20], r.overlay(img, legend=False)[:20, :20])
+    with pytest.raises(ValueError, match="differs"):
+        r.overlay(img[:10])
+    with pytest.raises(ValueError, match="alpha"):
+        r.overlay(img, alpha=2)
