@@ -105,7 +105,7 @@ def test_best_checkpoint_and_log(frames, tmp_path):
     assert summary["best_epoch"] == best["epoch"]
     model = checkpoint.load(out / "best")
     assert model.plm_enabled and model.config["class_names"] == NAMES
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ValueError, match="already holds a run"):
         fit(_cfg(epochs=1), train, val, out, progress=False)
 
 

@@ -15,6 +15,7 @@ from phaseedge import __version__
 
 SUBCOMMANDS: tuple[str, ...] = (
     "phaseedge.train.info",
+    "phaseedge.train.fit",
 )  # fmt: skip
 
 

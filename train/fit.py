@@ -61,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest on a shared machine)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/state/")
     p.add_argument("--synth-train", type=int, default=24, help="synthetic training frames (--data synth)")
     p.add_argument("--synth-val", type=int, default=4, help="synthetic validation frames (--data synth)")
@@ -85,6 +86,7 @@ def build_config(args: argparse.Namespace) -> FitConfig:
         "batch_size": args.batch_size,
         "lr": args.lr,
         "seed": args.seed,
+        "num_threads": args.threads,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.no_plm:
