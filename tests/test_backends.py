@@ -83,6 +83,7 @@ def test_onnxruntime_reports_a_cpu_fallback(affine, caplog):
 
 
 @requires_gpu
+@pytest.mark.gpu
 def test_onnxruntime_uses_the_gpu_when_there_is_one(affine):
     import onnxruntime as ort
 
@@ -92,6 +93,11 @@ def test_onnxruntime_uses_the_gpu_when_there_is_one(affine):
     assert b.on_gpu, b.providers
     x = np.random.default_rng(0).random((2, 1, 16, 16)).astype(np.float16)
     assert np.array_equal(b.infer(x, np.zeros((2, 2), np.float32))[:, :1], x)
+    img = np.random.default_rng(1).integers(0, 65535, (77, 53)).astype(np.uint16)
+    gpu = Segmenter(b).segment(img, return_probabilities=True)  # I/O binding path, batch sizes 1..3
+    cpu = Segmenter(affine, backend_options={"providers": ["CPUExecutionProvider"]}).segment(
+        img, return_probabilities=True)
+    assert np.array_equal(gpu.probabilities, cpu.probabilities)
 
 
 # ------------------------------------------------------------------ torch
