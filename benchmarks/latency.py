@@ -54,7 +54,7 @@ class Variant:
 
 # ------------------------------------------------------------------ variants
 def plan_variants(which: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None,
-                  device: int = 0, threads: int | None = None) -> list[Variant]:
+                  device: int = 0, threads: int | None = None, graph_flops: int | None = None) -> list[Variant]:
     """The variants ``--backend which`` asks for, each buildable or carrying its skip reason."""
     if which == "all":
         keys = ALL_VARIANTS
@@ -62,7 +62,7 @@ def plan_variants(which: str, spec: ModelSpec, engine: Path | None, torch_ckpt: 
         keys = (_auto_key(spec, engine),)
     else:
         keys = {"onnxruntime": ("ort-auto",), "torch": ("torch",), "tensorrt": ("tensorrt",)}[which]
-    return [_variant(k, spec, engine, torch_ckpt, device, threads) for k in keys]
+    return [_variant(k, spec, engine, torch_ckpt, device, threads, graph_flops) for k in keys]
 
 
 def _auto_key(spec: ModelSpec, engine: Path | None) -> str:
@@ -72,11 +72,11 @@ def _auto_key(spec: ModelSpec, engine: Path | None) -> str:
 
 
 def _variant(key: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None, device: int,
-             threads: int | None = None) -> Variant:
+             threads: int | None = None, graph_flops: int | None = None) -> Variant:
     from phaseedge.gpu import has_cuda_gpu
 
     if key == "torch":
-        return _torch_variant(spec, torch_ckpt, device, threads)
+        return _torch_variant(spec, torch_ckpt, device, threads, graph_flops)
     if key.startswith("ort-"):
         label = {"ort-auto": "ONNX Runtime (auto provider)", "ort-cpu": "ONNX Runtime CPU EP",
                  "ort-cuda": "ONNX Runtime CUDA EP", "ort-tensorrt": "ONNX Runtime TensorRT EP"}[key]
@@ -132,7 +132,8 @@ def _ort_backend(path: Path, device: int, options: dict, require_gpu: bool):
     return backend
 
 
-def _torch_variant(spec: ModelSpec, torch_ckpt: Path | None, device: int, threads: int | None) -> Variant:
+def _torch_variant(spec: ModelSpec, torch_ckpt: Path | None, device: int, threads: int | None,
+                   graph_flops: int | None) -> Variant:
     v = Variant("torch", "PyTorch eager fp32 (baseline)")
     try:
         import torch
@@ -148,7 +149,7 @@ def _torch_variant(spec: ModelSpec, torch_ckpt: Path | None, device: int, thread
 
         if threads:
             torch.set_num_threads(threads)
-        module, origin = torch_model(spec, torch_ckpt)
+        module, origin = torch_model(spec, torch_ckpt, expect_flops=graph_flops)
         v.note = origin
         if v.gpu:
             module = module.to(f"cuda:{device}")
@@ -258,7 +259,6 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     else:
         frame_hw = args.frame
         frames = synthetic_frames(frame_hw, spec.n_classes, min(_SYNTH_FRAMES, args.runs + args.warmup))
-    variants = plan_variants(args.backend, spec, args.engine, args.torch_model, args.device, args.threads)
 
     grid = TileGrid.for_frame(frame_hw[0], frame_hw[1], spec.tile, args.overlap)
     passes = 2 if args.ratio_mode == "local" else 1  # local mode runs a ratio-free survey pass first
@@ -266,6 +266,9 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         count = flops_per_tile(spec)
     except (ImportError, FileNotFoundError, ValueError) as e:
         count = {"flops": None, "unavailable": str(e)}
+    graph_flops = count["flops"] if spec.kind != "checkpoint" else None
+    variants = plan_variants(args.backend, spec, args.engine, args.torch_model, args.device, args.threads,
+                             graph_flops)
     peaks: dict[str, dict] = {}
 
     report: dict[str, Any] = {

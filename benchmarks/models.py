@@ -31,6 +31,7 @@ class ModelSpec:
     tile: int
     precision: str
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)  # the sidecar's provenance (e.g. its checkpoint)
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "kind": self.kind, "architecture": self.architecture, "plm": self.plm,
@@ -51,7 +52,8 @@ def resolve(model: str | Path) -> ModelSpec:
     sc = _sidecar.read(path)
     return ModelSpec(path=path, kind=sc.kind, architecture=sc.architecture, plm=bool(sc.plm),
                      n_classes=int(sc.n_classes), class_names=tuple(sc.class_names), tile=int(sc.tile),
-                     precision=sc.precision, arch_kwargs=dict(sc.source.get("arch_kwargs", {})))
+                     precision=sc.precision, arch_kwargs=dict(sc.source.get("arch_kwargs", {})),
+                     source=dict(sc.source))
 
 
 def _from_checkpoint(path: Path) -> ModelSpec:
@@ -67,12 +69,15 @@ def _from_checkpoint(path: Path) -> ModelSpec:
         raise ValueError(f"{config_path} is not a valid checkpoint config: {e}") from e
 
 
-def torch_model(spec: ModelSpec, checkpoint: str | Path | None = None):
+def torch_model(spec: ModelSpec, checkpoint: str | Path | None = None, expect_flops: int | None = None):
     """``(module, origin)``: the PyTorch fp32 model to time as the eager baseline.
 
-    A checkpoint (``spec`` itself or ``checkpoint``) is loaded; otherwise the
-    architecture named by the sidecar is built with random weights, which is fine
-    for speed and FLOPs but not for accuracy (``origin`` says which).
+    In order: ``checkpoint``; ``spec`` itself when it is a checkpoint; the checkpoint the
+    exported file was made from (its sidecar's ``source.checkpoint``) when it is still on
+    disk; else the architecture the sidecar names, built with random weights — fine for
+    speed and FLOPs, not for accuracy (``origin`` says which). A random-weight build is
+    checked against ``expect_flops`` (the exported graph's count): a sidecar without the
+    architecture's size arguments would otherwise time a different network.
     """
     import torch
     from phaseedge.train import checkpoint as ckpt
@@ -83,8 +88,19 @@ def torch_model(spec: ModelSpec, checkpoint: str | Path | None = None):
         return ckpt.load(checkpoint, map_location="cpu"), f"checkpoint {checkpoint}"
     if spec.kind == "checkpoint":
         return ckpt.load(spec.path, map_location="cpu"), f"checkpoint {spec.path}"
-    model = build_model(spec.architecture, spec.n_classes, plm=spec.plm, tile=spec.tile, **spec.arch_kwargs)
-    return model.eval(), f"{spec.architecture} with random weights (speed only)"
+    origin_ckpt = spec.source.get("checkpoint")
+    if origin_ckpt and (Path(origin_ckpt) / "config.json").is_file():
+        return ckpt.load(origin_ckpt, map_location="cpu"), f"checkpoint {origin_ckpt} (from the sidecar)"
+    model = build_model(spec.architecture, spec.n_classes, plm=spec.plm, tile=spec.tile, **spec.arch_kwargs).eval()
+    if expect_flops:
+        from phaseedge.bench.floor import torch_flops
+
+        got = torch_flops(model, spec.tile, spec.n_classes)["flops"]
+        if abs(got - expect_flops) > 0.01 * expect_flops:
+            raise ValueError(f"{spec.architecture} built from the sidecar has {got / 1e9:.3g} GFLOP per tile, the "
+                             f"graph {expect_flops / 1e9:.3g}: not the same network (size arguments missing from "
+                             "the sidecar); pass the checkpoint with --torch-model")
+    return model, f"{spec.architecture} with random weights (speed only)"
 
 
 def flops_per_tile(spec: ModelSpec, torch_module=None) -> dict[str, Any]:

@@ -52,3 +52,15 @@ def test_bad_arguments_are_refused(tiny, capsys):
     assert "--runs" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["latency", "--model", str(tiny), "--frame", "big"])
+
+
+def test_random_weight_baseline_must_match_the_graph(tiny):
+    import dataclasses
+
+    from phaseedge.bench.models import torch_model
+
+    spec = dataclasses.replace(resolve(tiny), architecture="unet-tiny")
+    module, origin = torch_model(spec)
+    assert "random weights" in origin and module.tile == spec.tile
+    with pytest.raises(ValueError, match="not the same network"):
+        torch_model(spec, expect_flops=1)
