@@ -47,6 +47,7 @@ run_step() {
     rc=$?
     note=$(grep -E '^RESULT ' "$log" | tail -n 1 | cut -c8-)
     if ((rc == 0)); then status=PASS
+    elif ((rc == 3)); then status=SKIP  # a helper found the step does not apply here; the note says why
     else
         status=FAIL
         if ((rc == 124)); then note="timed out after ${STEP_TIMEOUT}s"
@@ -125,7 +126,7 @@ EXPORT=$(cli phaseedge-export)
 BENCH=$(cli phaseedge-bench)
 
 # run_backend.py KIND MODEL REF_ONNX [JSON_OPTIONS]: KIND's output vs ONNX Runtime fp32 on the CPU, then
-# time it (ms per tile over 20 pipelined batches at its largest batch).
+# time it (ms per tile over 20 pipelined batches at its largest batch). Exit 3: not for this GPU.
 HELPERS="$OUT/helpers"
 mkdir -p "$HELPERS"
 cat >"$HELPERS/run_backend.py" <<'EOF'
@@ -137,10 +138,19 @@ import numpy as np
 
 from phaseedge.backends import get_backend
 
+from phaseedge.sidecar import SidecarError
+
 kind, model, ref = sys.argv[1:4]
 options = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
-with get_backend(kind, model, **options) as backend, \
-        get_backend("onnxruntime", ref, providers=["CPUExecutionProvider"]) as reference:
+try:
+    backend = get_backend(kind, model, **options)
+    backend.__enter__()
+except SidecarError as e:
+    if "UNSUPPORTED_CC" not in str(e):
+        raise
+    print(f"RESULT not for this GPU: {e}")  # TensorRT-RTX targets RTX-class GPUs only
+    sys.exit(3)
+with backend, get_backend("onnxruntime", ref, providers=["CPUExecutionProvider"]) as reference:
     if kind == "onnxruntime" and not backend.on_gpu:
         print(f"RESULT onnxruntime fell back to {backend.device} (providers {list(backend.providers)})")
         sys.exit(1)

@@ -75,14 +75,6 @@ def contract_sidecar(batch: tuple[int, int, int], kind: str, engine: sidecar.Eng
     )
 
 
-def trt_target() -> tuple[str, str]:
-    """(sidecar target, module) of the TensorRT flavour installed, preferring full TensorRT."""
-    for target, module in (("tensorrt", "tensorrt"), ("rtx", "tensorrt_rtx")):
-        if importlib.util.find_spec(module) is not None:
-            return target, module
-    pytest.skip("neither tensorrt nor tensorrt_rtx is installed")
-
-
 def build_engine(onnx_path: Path, out: Path, batch: tuple[int, int, int], module: str) -> bytes:
     """Strongly typed build with one batch profile (TensorRT 10/11 and TensorRT-RTX share these calls)."""
     trt = importlib.import_module(module)
@@ -106,23 +98,31 @@ def build_engine(onnx_path: Path, out: Path, batch: tuple[int, int, int], module
     return out.read_bytes()
 
 
-@pytest.fixture(scope="module")
-def engine_files(tmp_path_factory: pytest.TempPathFactory):
-    """tiny.onnx + tiny.engine (batch profile 2..6) with sidecars, built on this GPU."""
+@pytest.fixture(scope="module", params=["tensorrt", "rtx"])
+def engine_files(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """tiny.onnx + tiny.engine (batch profile 2..6) with sidecars, built on this GPU, per TensorRT flavour."""
     if not has_cuda_gpu():
         pytest.skip("no NVIDIA GPU / CUDA driver on this machine")
     pytest.importorskip("cuda.bindings.runtime", reason="cuda-python (the [gpu] extra) is not installed")
     from phaseedge import cuda_mem
+    from phaseedge.backends.tensorrt import TARGET_MODULES
 
-    target, module = trt_target()
-    d = tmp_path_factory.mktemp("trt")
+    target = request.param
+    module = TARGET_MODULES[target]
+    if importlib.util.find_spec(module) is None:
+        pytest.skip(f"python module {module} is not installed")
+    d = tmp_path_factory.mktemp(f"trt-{target}")
     onnx_path = tiny_onnx(d / "tiny.onnx")
     sidecar.write(contract_sidecar((1, 4, 8), "onnx"), onnx_path)
     batch = (2, 4, 6)
     engine_path = d / "tiny.engine"
-    build_engine(onnx_path, engine_path, batch, module)
+    blob = build_engine(onnx_path, engine_path, batch, module)
     info = cuda_mem.device_info(0)
     trt = importlib.import_module(module)
+    if target == "rtx":  # TensorRT-RTX supports RTX-class GPUs only (e.g. not SM 9.0 data-centre parts)
+        validity, diagnostics = trt.Runtime(trt.Logger(trt.Logger.WARNING)).get_engine_validity(blob)
+        if validity != trt.EngineValidity.VALID:
+            pytest.skip(f"TensorRT-RTX engine not valid on {info.name} (sm {info.compute_capability}): {diagnostics}")
     eng = sidecar.EngineInfo(
         target=target, tensorrt_version=str(trt.__version__), gpu_name=info.name,
         compute_capability=info.compute_capability if target == "tensorrt" else None,
@@ -211,3 +211,21 @@ def test_gpu_check_without_gpu_skips_everything_quickly() -> None:
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "SKIP" in line]
     assert len(rows) >= 8, out  # every GPU path is listed as skipped, with the reason
     assert r.stdout.rstrip().splitlines()[-1] == f"gpu_check: 0 PASS, 0 FAIL, {len(rows)} SKIP"
+
+
+@requires_gpu
+@pytest.mark.gpu
+def test_rtx_runtime_cache_is_written_and_reused(engine_files, tmp_path: Path) -> None:
+    from phaseedge.backends.tensorrt import TensorRTBackend
+
+    _, engine_path = engine_files
+    sc = sidecar.read(engine_path)
+    if sc.engine is None or sc.engine.target != "rtx":
+        pytest.skip("the runtime cache is a TensorRT-RTX feature")
+    cache = tmp_path / "tiny.rtxcache"
+    images, ratio = inputs(np.random.default_rng(2), 3)
+    with TensorRTBackend(engine_path, runtime_cache=cache) as backend:
+        first = backend.infer(images, ratio)
+    assert cache.is_file() and cache.stat().st_size > 0
+    with TensorRTBackend(engine_path, runtime_cache=cache) as backend:
+        np.testing.assert_array_equal(backend.infer(images, ratio), first)
