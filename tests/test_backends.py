@@ -160,3 +160,33 @@ def test_exported_graph_and_torch_agree_through_the_segmenter(tiny_unet, tmp_pat
     assert ort_res.class_names == torch_res.class_names == names
     np.testing.assert_allclose(ort_res.probabilities, torch_res.probabilities, atol=2e-3)  # fp16 graph output
     assert (ort_res.labels == torch_res.labels).mean() > 0.99
+
+
+def test_infer_ahead_overlaps_the_next_batch_with_the_caller():
+    import threading
+
+    from phaseedge.backends.base import Backend
+
+    class Recorder(Backend):
+        name = "rec"
+        tile, n_classes, max_batch, class_names = 4, 2, 2, ("a", "b")
+
+        def __init__(self):
+            self.started = []
+            self.second_started = threading.Event()
+
+        def infer(self, images, ratio):
+            self.started.append(float(images[0, 0, 0, 0]))
+            if len(self.started) == 2:
+                self.second_started.set()
+            return np.concatenate([images, 1 - images], axis=1).astype(np.float32)
+
+    b = Recorder()
+    batches = [(np.full((1, 1, 4, 4), k / 8, np.float16), np.zeros((1, 2), np.float32)) for k in range(5)]
+    it = b.infer_ahead(iter(batches))
+    first = next(it)
+    # while the caller still holds result 0, batch 1 is already being inferred
+    assert b.second_started.wait(5)
+    outs = [first, *it]
+    assert [float(o[0, 0, 0, 0]) for o in outs] == [k / 8 for k in range(5)]
+    assert b.started == [k / 8 for k in range(5)]

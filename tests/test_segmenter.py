@@ -357,3 +357,14 @@ def test_overlay_colours_classes_and_draws_a_legend(affine):
         r.overlay(img[:10])
     with pytest.raises(ValueError, match="alpha"):
         r.overlay(img, alpha=2)
+
+
+def test_pipelined_backend_gives_the_same_result():
+    class Ahead(AffineBackend):
+        def infer_many(self, batches):
+            return self.infer_ahead(batches)
+
+    img = _frame((150, 170), seed=9)
+    a = Segmenter(Ahead(tile=24, max_batch=3), overlap=0.5).segment(img, return_probabilities=True)
+    b = Segmenter(AffineBackend(tile=24, max_batch=3), overlap=0.5).segment(img, return_probabilities=True)
+    assert np.array_equal(a.probabilities, b.probabilities) and np.array_equal(a.labels, b.labels)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,21 @@ class Backend(abc.ABC):
         """
         for images, ratio in batches:
             yield self.infer(images, ratio)
+
+    def infer_ahead(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+        """An ``infer_many`` that runs ``infer`` on batch k+1 in a helper thread while the
+        caller stitches batch k. For backends whose ``infer`` releases the GIL and returns
+        a fresh array each call (ONNX Runtime on a GPU); the helper thread serialises calls.
+        """
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"phaseedge-{self.name}") as pool:
+            pending: Future | None = None
+            for images, ratio in batches:
+                nxt = pool.submit(self.infer, images, ratio)
+                if pending is not None:
+                    yield pending.result()
+                pending = nxt
+            if pending is not None:
+                yield pending.result()
 
     def check_batch(self, images: np.ndarray, ratio: np.ndarray) -> None:
         """Shape checks shared by all backends (cheap; catches wiring errors early)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,13 @@ class OnnxRuntimeBackend(Backend):
         ratio_dev.update_inplace(ratio)
         self._session.run_with_iobinding(binding)
         return probs_dev.numpy()  # the one device-to-host copy
+
+    def infer_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+        """On a GPU, batch k+1 runs while the caller stitches batch k (`Backend.infer_ahead`);
+        on the CPU one after another (the session already uses every core)."""
+        if self.on_gpu:
+            return self.infer_ahead(batches)
+        return super().infer_many(batches)
 
     def _device_buffers(self, batch: int) -> tuple[Any, Any, Any, Any]:
         """I/O binding with device-resident inputs and output, one set per batch size (a
