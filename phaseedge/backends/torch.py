@@ -8,6 +8,7 @@ torch is imported here only, never by ``import phaseedge``.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,12 @@ class TorchBackend(Backend):
         finally:
             self.module.train(was_training)
         return probs.cpu().numpy()
+
+    def infer_many(self, batches: Iterable[tuple[np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+        """On a GPU the next batch runs while the caller stitches this one."""
+        if self._torch_device.type == "cuda":
+            return self.infer_ahead(batches)
+        return super().infer_many(batches)
 
     def close(self) -> None:
         self.module = None
