@@ -202,7 +202,7 @@ def test_wrong_gpu(env, tmp_path: Path, gpu: cuda_mem.DeviceInfo, match: str) ->
 def test_matching_gpu_is_accepted_at_construction(env, tmp_path: Path) -> None:
     env.gpu = GPU
     b = trtb.TensorRTBackend(write_engine(tmp_path))
-    assert b.gpu == GPU
+    assert b.gpu == GPU and b.device == "cuda:0 (NVIDIA RTX A4000)"
 
 
 def test_rtx_engine_built_without_gpu_accepts_any_gpu(env, tmp_path: Path) -> None:
@@ -523,6 +523,36 @@ def test_close_frees_everything_and_refuses_later_use(fake_backend) -> None:
     backend.close()  # twice is fine
     with pytest.raises(RuntimeError, match="closed"):
         backend.infer(*batch(np.random.default_rng(9), 1))
+
+
+def test_close_from_another_thread_while_one_waits(fake_backend) -> None:
+    """A thread waiting for the backend when another closes it gets a clear error, never freed buffers."""
+    backend, _, _ = fake_backend()
+    rng = np.random.default_rng(11)
+    it = backend.infer_many(iter([batch(rng, 2) for _ in range(3)]))
+    next(it)  # this thread now holds the backend
+    waiting = batch(rng, 2)
+    outcome: dict[str, object] = {}
+
+    def use() -> None:
+        try:
+            outcome["probs"] = backend.infer(*waiting)
+        except Exception as e:  # noqa: BLE001 - the test inspects it
+            outcome["error"] = e
+
+    user = threading.Thread(target=use)
+    closer = threading.Thread(target=backend.close)
+    user.start()
+    closer.start()
+    for _ in it:
+        pass
+    user.join(10)
+    closer.join(10)
+    assert not user.is_alive() and not closer.is_alive()
+    if "error" in outcome:  # the closer won the race
+        assert isinstance(outcome["error"], RuntimeError) and "closed" in str(outcome["error"])
+    else:
+        np.testing.assert_array_equal(outcome["probs"], fake_model(*waiting))
 
 
 def test_describe_reports_engine_and_buffers(fake_backend) -> None:

@@ -343,6 +343,7 @@ class TensorRTBackend(Backend):
         check_version(sc, version)
         self.gpu_index = device
         self.gpu = None
+        self.device = f"cuda:{device}"
         if has_cuda_gpu():  # compare the GPU now when there is one; otherwise first use refuses to run
             self._check_gpu()
 
@@ -351,7 +352,6 @@ class TensorRTBackend(Backend):
         self.class_names = tuple(sc.class_names)
         self.normalization = dict(sc.normalization)
         self.precision = sc.precision
-        self.device = f"cuda:{device}"
         if max_batch is None:
             self.max_batch = sc.batch[2]
         elif not isinstance(max_batch, int) or max_batch < 1:
@@ -384,6 +384,7 @@ class TensorRTBackend(Backend):
         sidecar.check_engine_compatible(
             self.sidecar, self.trt_version, self.gpu.name, self.gpu.compute_capability, target=self.target
         )
+        self.device = f"cuda:{self.gpu_index} ({self.gpu.name})"
 
     def _ensure_ready(self) -> _Pipeline:
         with self._setup_lock:
@@ -479,6 +480,8 @@ class TensorRTBackend(Backend):
             )
         pipe = self._ensure_ready()
         with self._run_lock:
+            if self._pipe is not pipe:  # closed by another thread while this one waited
+                raise RuntimeError("this TensorRT backend was closed")
             self._runner = me
             try:
                 from phaseedge import cuda_mem
