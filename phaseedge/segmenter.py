@@ -143,11 +143,12 @@ class Segmenter:
 
     def close(self) -> None:
         """Finish queued `submit` work, stop the worker and release the backend."""
-        if self._worker is not None:
-            assert self._queue is not None
-            self._queue.put(None)
-            self._worker.join()
+        with self._init_lock:
+            worker, q = self._worker, self._queue
             self._worker, self._queue = None, None
+        if worker is not None and q is not None:
+            q.put(None)  # after the frames already queued
+            worker.join()
         with self._lock:
             if self._backend is not None and self._backend is not self.model:
                 self._backend.close()
@@ -213,21 +214,24 @@ class Segmenter:
         """
         r = ratio_mod.validate(ratio, self.n_classes)
         if not isinstance(image, (str, os.PathLike)):
+            if not isinstance(image, np.ndarray):
+                from phaseedge.io import Frame
+
+                image = image.pixels if isinstance(image, Frame) else image
             image = np.array(image, copy=True)
-        self._start_worker()
-        assert self._queue is not None
         fut: Future = Future()
-        self._queue.put((fut, image, r, return_probabilities), block=block, timeout=timeout)
+        self._start_worker().put((fut, image, r, return_probabilities), block=block, timeout=timeout)
         return fut
 
     # ------------------------------------------------------------------ internals
-    def _start_worker(self) -> None:
+    def _start_worker(self) -> queue.Queue:
         with self._init_lock:
-            if self._worker is None:
+            if self._worker is None or self._queue is None:
                 self._queue = queue.Queue(maxsize=self.queue_size)
                 self._worker = threading.Thread(target=self._work, args=(self._queue,),
                                                 name="phaseedge-submit", daemon=True)
                 self._worker.start()
+            return self._queue
 
     def _work(self, q: queue.Queue) -> None:
         while True:

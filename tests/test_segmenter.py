@@ -368,3 +368,21 @@ def test_pipelined_backend_gives_the_same_result():
     a = Segmenter(Ahead(tile=24, max_batch=3), overlap=0.5).segment(img, return_probabilities=True)
     b = Segmenter(AffineBackend(tile=24, max_batch=3), overlap=0.5).segment(img, return_probabilities=True)
     assert np.array_equal(a.probabilities, b.probabilities) and np.array_equal(a.labels, b.labels)
+
+
+def test_paths_and_io_frames_are_accepted_everywhere(affine, tmp_path):
+    import tifffile
+
+    from phaseedge.io import read_image
+
+    img = _frame((60, 80), seed=12)
+    path = tmp_path / "f.tif"
+    tifffile.imwrite(path, img)
+    seg = Segmenter(affine)
+    ref = seg.segment(img).labels
+    assert np.array_equal(seg.segment(path).labels, ref)
+    assert np.array_equal(seg.segment(read_image(path)).labels, ref)
+    assert np.array_equal(seg.submit(read_image(path)).result(30).labels, ref)
+    assert np.array_equal(seg.submit(str(path)).result(30).labels, ref)
+    assert all(np.array_equal(r.labels, ref) for r in seg.segment_many([path, read_image(path)]))
+    seg.close()
