@@ -16,6 +16,7 @@ from phaseedge import __version__
 SUBCOMMANDS: tuple[str, ...] = (
     "phaseedge.train.info",
     "phaseedge.train.fit",
+    "phaseedge.train.evaluate",
 )  # fmt: skip
 
 

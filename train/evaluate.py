@@ -1,0 +1,181 @@
+"""``phaseedge-train eval``: score a checkpoint on whole frames, the way users run it.
+
+Frames go through :class:`phaseedge.Segmenter` (torch backend: tiles with overlap,
+windowed blending, per-frame normalisation), never through a second stitcher, so the
+numbers are those of the runtime. The expert's ratio is simulated from each frame's
+truth: ``none`` (zeros, "unknown"), a number α (the guess of Eq. 4-5 at accuracy α) or
+``exact``. ``--calibrate`` shifts the class priors of the probabilities so the predicted
+fractions match that same ratio (:func:`phaseedge.ratio.calibrate`); the PLM, if the model
+has one, still receives the ratio, so "PLM + calibrate" is both together.
+
+Dataset scores pool all pixels in one confusion matrix (:class:`phaseedge.metrics.ConfusionMatrix`);
+``fraction_mae`` is the mean over frames of each frame's mean absolute fraction error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from phaseedge.train.data import LabelledImage, load_folder, read_split
+from tqdm import tqdm
+
+from phaseedge import ratio as ratio_ops
+from phaseedge.metrics import ConfusionMatrix
+from phaseedge.segmenter import Segmenter
+
+
+def parse_accuracy(text: str) -> float | str:
+    """``none``, ``exact`` or a number in [0, 1]."""
+    if text in ("none", "exact"):
+        return text
+    try:
+        a = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"ratio accuracy must be none, exact or a number, got {text!r}"
+        ) from None
+    if not 0.0 <= a <= 1.0:
+        raise argparse.ArgumentTypeError(f"ratio accuracy must be in [0, 1], got {a}")
+    return a
+
+
+def parse_accuracies(text: str) -> list[float | str]:
+    return [parse_accuracy(t.strip()) for t in text.split(",") if t.strip()]
+
+
+def simulated_ratio(truth: np.ndarray, accuracy: float | str) -> np.ndarray | None:
+    """The expert's ratio for one frame from its true fractions."""
+    if accuracy == "none":
+        return None
+    if accuracy == "exact":
+        return truth.astype(np.float32)
+    return ratio_ops.guess(truth, float(accuracy))
+
+
+def open_segmenter(model: Any, overlap: float = 0.25, batch_size: int | None = None) -> Segmenter:
+    """A Segmenter on ``model``: torch for a checkpoint directory or an nn.Module, else by file type."""
+    torch_model = not isinstance(model, (str, Path)) or Path(model).is_dir()
+    return Segmenter(
+        model,
+        backend="torch" if torch_model else "auto",
+        overlap=overlap,
+        ratio_mode="global",
+        batch_size=batch_size,
+    )
+
+
+def _ignores_ratio(seg: Segmenter) -> bool:
+    """True when the model has no PLM: then one forward pass serves every ratio."""
+    module = getattr(seg.backend, "module", None)
+    return module is not None and not getattr(module, "plm_enabled", True)
+
+
+def evaluate(
+    seg: Segmenter,
+    items: list[LabelledImage],
+    accuracies: list[float | str] | tuple[float | str, ...] = ("none",),
+    calibrations: tuple[bool, ...] = (False,),
+    progress: bool = False,
+) -> list[dict]:
+    """Scores of the Segmenter's model on ``items``, one dict per (accuracy, calibrate) pair.
+
+    Each frame is run once per accuracy (once in all for a model without PLM); calibrated
+    and raw labels come from the same probabilities, so the pairs differ only by what they name.
+    """
+    if not items:
+        raise ValueError("evaluate needs at least one image")
+    n = seg.n_classes
+    keys = [(a, c) for a in accuracies for c in calibrations]
+    cms = {k: ConfusionMatrix(n, list(seg.class_names)) for k in keys}
+    errors: dict[tuple, list[float]] = {k: [] for k in keys}
+    shared = _ignores_ratio(seg)
+    bar = tqdm(total=len(items) * (1 if shared else len(accuracies)), desc="eval", disable=not progress)
+    for it in items:
+        truth = ratio_ops.from_mask(it.mask, n)
+        probs = None
+        for a in accuracies:
+            r = simulated_ratio(truth, a)
+            if probs is None or not shared:
+                probs = seg.segment(
+                    it.image, ratio=None if shared else r, return_probabilities=True
+                ).probabilities
+                bar.update()
+            for c in calibrations:
+                p = ratio_ops.calibrate(probs, r) if c and r is not None else probs
+                labels = p.argmax(axis=0).astype(np.uint8)
+                cms[(a, c)].update(labels, it.mask)
+                pred = np.bincount(labels.ravel(), minlength=n)[:n] / labels.size
+                errors[(a, c)].append(float(np.mean(np.abs(pred - truth))))
+    bar.close()
+    out = []
+    for a, c in keys:
+        summary = cms[(a, c)].summary()
+        summary["pooled_fraction_mae"] = summary["fraction_mae"]
+        summary["fraction_mae"] = float(np.mean(errors[(a, c)]))
+        summary.update(ratio_accuracy=a, calibrate=c, overlap=seg.overlap, images=len(items))
+        out.append(summary)
+    return out
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "eval",
+        help="score a checkpoint on whole frames (tiled, blended) and print JSON",
+        description="Macro Dice, per-class Dice, mIoU and phase-fraction error of a checkpoint on a labelled "
+        "folder (or synthetic frames), tiled over whole frames as phaseedge.Segmenter runs them.",
+    )
+    p.add_argument("checkpoint", help="checkpoint directory (e.g. OUT/best) or exported .onnx")
+    p.add_argument("--data", required=True, help="labelled folder (images/, labels/) or 'synth'")
+    p.add_argument("--split", type=Path, help="list of image names to score (default: all)")
+    p.add_argument(
+        "--ratio-accuracy",
+        type=parse_accuracies,
+        default=["none"],
+        help="simulated expert ratio: none (zeros), exact, or accuracy alpha in [0,1] (Eq. 4-5); "
+        "a comma list (e.g. none,0.5,0.9,exact) prints a JSON list, one entry per setting",
+    )
+    p.add_argument(
+        "--calibrate",
+        nargs="?",
+        const="on",
+        default="off",
+        choices=("on", "off", "both"),
+        help="prior-shift the probabilities to match the ratio ('both': with and without)",
+    )
+    p.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (default 1: best on a shared machine)"
+    )
+    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1)")
+    p.add_argument("--batch-size", type=int, help="tiles per forward pass")
+    p.add_argument("--synth-seeds", default="30000-30003", help="frames for --data synth (e.g. 1,2,5-9)")
+    p.add_argument("--synth-size", type=int, default=1024, help="side of synthetic frames (--data synth)")
+    p.add_argument("--json", action="store_true", help="print only the JSON (no progress bar)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from phaseedge.train.data import synthetic
+    from phaseedge.train.fit import parse_seeds
+
+    torch.set_num_threads(args.threads)
+    ckpt = Path(args.checkpoint)
+    if not ckpt.exists():
+        raise FileNotFoundError(f"checkpoint not found: {ckpt}")
+    calibrations = {"on": (True,), "off": (False,), "both": (False, True)}[args.calibrate]
+    with open_segmenter(ckpt, args.overlap, args.batch_size) as seg:
+        n_classes = seg.n_classes
+        if args.data == "synth":
+            items = synthetic(parse_seeds(args.synth_seeds), (args.synth_size, args.synth_size), n_classes)
+        else:
+            items = load_folder(args.data, n_classes, read_split(args.split) if args.split else None)
+        results = evaluate(seg, items, args.ratio_accuracy, calibrations, progress=not args.json)
+    for r in results:
+        r.update(checkpoint=str(ckpt), data=str(args.data), split=str(args.split) if args.split else None)
+    out = results[0] if len(results) == 1 else results
+    print(json.dumps(out, indent=None if args.json else 1))
+    return 0
