@@ -140,7 +140,7 @@ def run_check(
 ) -> CheckReport:
     """Compare the fp32 graph (reference) with the fp16 graph and/or the engine."""
     from polygraphy.backend.onnxrt import OnnxrtRunner
-    from polygraphy.comparator import Comparator, CompareFunc
+    from polygraphy.comparator import Comparator
     from polygraphy.logger import G_LOGGER
 
     G_LOGGER.module_severity = G_LOGGER.INFO if verbose else G_LOGGER.WARNING
@@ -171,7 +171,7 @@ def run_check(
     feeds = [dict(zip((names.IMAGE, names.RATIO), random_inputs(b, ref.tile, ref.n_classes, seed=i), strict=True))
              for i, b in enumerate(batches)]
     results = Comparator.run(runners, data_loader=feeds)
-    compare = CompareFunc.simple(atol={names.PROBS: atol}, rtol={names.PROBS: rtol})
+    compare = _simple_compare(atol={names.PROBS: atol}, rtol={names.PROBS: rtol})
     report.passed = bool(Comparator.compare_accuracy(results, compare_func=compare))
     pairs = list(results.items())
     ref_runs = pairs[0][1]
@@ -181,6 +181,17 @@ def run_check(
         report.compared[name] = Agreement(max(w.max_abs_err for w in worst), min(w.argmax_agreement for w in worst))
     log(str(report))
     return report
+
+
+def _simple_compare(**kw):
+    """Polygraphy 0.53 deprecates CompareFunc.simple for SimpleCompareFunc; older releases lack the latter."""
+    try:
+        from polygraphy.comparator import SimpleCompareFunc
+    except ImportError:
+        from polygraphy.comparator import CompareFunc
+
+        return CompareFunc.simple(**kw)
+    return SimpleCompareFunc(**kw)
 
 
 def _same_model(ref: sidecar_mod.Sidecar, other: sidecar_mod.Sidecar, path: Path) -> None:

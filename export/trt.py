@@ -2,8 +2,11 @@
 
 One code path serves both targets: ``tensorrt`` (TensorRT 10/11, data-centre and
 Jetson GPUs) and ``tensorrt_rtx`` (TensorRT for RTX, workstation GPUs). Their Python
-APIs share the builder, network, parser, optimisation-profile, timing-cache and
-progress-monitor calls used here; the module is a parameter.
+APIs share the builder, network, parser, optimisation-profile and progress-monitor
+calls used here; the module is a parameter. One difference matters: TensorRT-RTX
+does not time kernels at build time (it compiles them for the GPU when the engine
+is loaded, and keeps them in a *runtime* cache), so its timing-cache calls are
+deprecated no-ops and ``--timing-cache`` only applies to ``--target tensorrt``.
 
 Precision comes from the graph (``export/fp16.py``): TensorRT 11 removed
 ``BuilderFlag.FP16`` and weak typing, TensorRT-RTX never had them, and on TensorRT 10
@@ -318,6 +321,9 @@ def build_engine(
     if hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
     cache_path = Path(timing_cache) if timing_cache else None
+    if cache_path is not None and target == "rtx":
+        log("timing cache: not used by TensorRT-RTX (no build-time timing; the runtime keeps a runtime cache)")
+        cache_path = None
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False)
