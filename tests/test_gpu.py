@@ -229,3 +229,17 @@ def test_rtx_runtime_cache_is_written_and_reused(engine_files, tmp_path: Path) -
     assert cache.is_file() and cache.stat().st_size > 0
     with TensorRTBackend(engine_path, runtime_cache=cache) as backend:
         np.testing.assert_array_equal(backend.infer(images, ratio), first)
+
+
+def test_tiny_graph_and_engine_build_without_gpu(tmp_path: Path) -> None:
+    """Keeps the GPU tests' own helpers honest on CPU machines: the graph runs in ONNX Runtime and
+    TensorRT-RTX (whose builder needs no GPU) builds it with the batch profile."""
+    onnx_path = tiny_onnx(tmp_path / "tiny.onnx")
+    images, ratio = inputs(np.random.default_rng(3), 3)
+    probs = reference(onnx_path, images, ratio).astype(np.float32)
+    assert probs.shape == (3, N, TILE, TILE)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=2e-3)
+    assert np.abs(probs - reference(onnx_path, images, np.roll(ratio, 1, axis=1))).max() > 1e-2
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx (the [export] extra) is not installed")
+    blob = build_engine(onnx_path, tmp_path / "tiny.engine", (2, 4, 6), "tensorrt_rtx")
+    assert len(blob) > 1000
