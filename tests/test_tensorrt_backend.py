@@ -8,6 +8,7 @@ the real thing on a GPU.
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import subprocess
@@ -688,3 +689,127 @@ def test_segmenter_on_the_pipelined_backend_matches_a_plain_one(fake_backend, bl
     assert len(np.unique(want.labels)) == N  # the stand-in model is not trivial
     np.testing.assert_array_equal(got.labels, want.labels)
     np.testing.assert_array_equal(got.probabilities, want.probabilities)
+
+
+# ----------------------------------------------------------------------------- cuda_mem over a ctypes stand-in
+
+
+class CtypesRuntime:
+    """Stand-in for ``cuda.bindings.runtime``: same call signatures and result tuples, host memory
+    (ctypes buffers) as 'device' memory, copies done at once with memmove."""
+
+    cudaHostAllocDefault = 0
+    cudaStreamNonBlocking = 1
+    cudaEventDisableTiming = 2
+    cudaMemcpyKind = types.SimpleNamespace(cudaMemcpyHostToDevice="H2D", cudaMemcpyDeviceToHost="D2H")
+
+    def __init__(self) -> None:
+        self.buffers: dict[int, object] = {}
+        self.copies: list[tuple[str, int, int]] = []  # (kind, bytes, stream)
+        self.freed: list[int] = []
+        self.handles = iter(range(1000, 2000))
+
+    def _alloc(self, n: int):
+        buf = ctypes.create_string_buffer(n)
+        self.buffers[ctypes.addressof(buf)] = buf
+        return (_Err(0), ctypes.addressof(buf))
+
+    def cudaMalloc(self, n):
+        return self._alloc(n)
+
+    def cudaHostAlloc(self, n, flags):
+        assert flags == self.cudaHostAllocDefault
+        return self._alloc(n)
+
+    def cudaFree(self, ptr):
+        self.freed.append(ptr)
+        return (_Err(0),)
+
+    cudaFreeHost = cudaFree
+
+    def cudaMemcpyAsync(self, dst, src, n, kind, stream):
+        ctypes.memmove(dst, src, n)
+        self.copies.append((kind, n, int(stream)))
+        return (_Err(0),)
+
+    def cudaStreamCreateWithFlags(self, flags):
+        assert flags == self.cudaStreamNonBlocking
+        return (_Err(0), next(self.handles))
+
+    def cudaEventCreateWithFlags(self, flags):
+        assert flags == self.cudaEventDisableTiming
+        return (_Err(0), next(self.handles))
+
+    def cudaGetDeviceProperties(self, device):
+        if device != 0:
+            return (_Err(101), None)
+        return (_Err(0), types.SimpleNamespace(name=b"NVIDIA RTX A4000\0\0\0", major=8, minor=6, totalGlobalMem=16 << 30))
+
+    def __getattr__(self, name: str):  # streams/events/device: accept and succeed
+        if name in {"cudaStreamSynchronize", "cudaStreamDestroy", "cudaStreamWaitEvent", "cudaEventRecord",
+                    "cudaEventSynchronize", "cudaEventDestroy", "cudaSetDevice"}:
+            return lambda *args: (_Err(0),)
+        if name == "cudaGetErrorString":
+            return lambda err: (_Err(0), b"invalid device ordinal")
+        raise AttributeError(name)
+
+
+class CtypesContext(FakeContext):
+    """Reads and writes tensors at the raw addresses TensorRT would get."""
+
+    def __init__(self) -> None:
+        self.shapes, self.addresses, self.runs = {}, {}, []
+
+    def _view(self, name: str, dtype, shape) -> np.ndarray:
+        count = int(np.prod(shape))
+        raw = (ctypes.c_byte * (count * np.dtype(dtype).itemsize)).from_address(self.addresses[name])
+        return np.frombuffer(raw, dtype=dtype).reshape(shape)
+
+    def execute_async_v3(self, stream_handle: int) -> bool:
+        b = self.shapes[names.IMAGE][0]
+        out = fake_model(self._view(names.IMAGE, np.float16, (b, 1, TILE, TILE)),
+                         self._view(names.RATIO, np.float32, (b, N)))
+        self._view(names.PROBS, np.float16, out.shape)[...] = out
+        self.runs.append((b, self.addresses[names.IMAGE]))
+        return True
+
+
+def test_cuda_mem_device_info_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda_mem, "cudart", lambda: CtypesRuntime())
+    info = cuda_mem.device_info(0)
+    assert (info.name, info.compute_capability) == ("NVIDIA RTX A4000", "8.6")
+    with pytest.raises(cuda_mem.CudaError, match=r"cudaGetDeviceProperties\(1\).*\(101\): invalid device ordinal"):
+        cuda_mem.device_info(1)
+
+
+def test_pipeline_over_real_cuda_mem_moves_the_right_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pointer plumbing end to end: pinned views, H2D/D2H sizes and streams, addresses given to TensorRT."""
+    rt = CtypesRuntime()
+    monkeypatch.setattr(cuda_mem, "cudart", lambda: rt)
+    inputs, outputs = sidecar.io_specs(TILE, N)
+    plan = trtb.plan_buffers(inputs, outputs, max_batch=4, min_batch=2)
+    ctx = CtypesContext()
+    pipe = trtb._Pipeline(ctx, plan, cuda_mem)
+    rng = np.random.default_rng(12)
+    sizes = [4, 1, 3]
+    work = [batch(rng, b) for b in sizes]
+    pending, results = None, []
+    for images, ratio in work:  # the infer_many order: queue k+1, then collect k
+        slot = pipe.submit({names.IMAGE: images, names.RATIO: ratio})
+        if pending is not None:
+            results.append(pipe.collect(pending).copy())
+        pending = slot
+    results.append(pipe.collect(pending).copy())
+    for (images, ratio), got in zip(work, results):
+        np.testing.assert_array_equal(got, fake_model(images, ratio))
+    run = [max(b, 2) for b in sizes]  # padded to the profile minimum
+    image_bytes, ratio_bytes, probs_bytes = TILE * TILE * 2, N * 4, N * TILE * TILE * 2
+    want = []
+    for r in run:
+        want += [("H2D", r * image_bytes, int(pipe.upload)), ("H2D", r * ratio_bytes, int(pipe.upload)),
+                 ("D2H", r * probs_bytes, int(pipe.download))]
+    assert rt.copies == want
+    assert [r for r, _ in ctx.runs] == run
+    assert ctx.runs[0][1] == pipe.slots[0].dev[names.IMAGE].ptr != ctx.runs[1][1] == pipe.slots[1].dev[names.IMAGE].ptr
+    pipe.free()
+    assert len(rt.freed) == 2 * 2 * 3  # two slots x (pinned + device) x three tensors
