@@ -24,8 +24,8 @@ import pytest
 from phaseedge import cuda_mem, names, sidecar
 from phaseedge.backends import tensorrt as trtb
 from phaseedge.backends.base import Backend
-from phaseedge.segmenter import Segmenter
 from phaseedge.gpu import has_cuda_gpu
+from phaseedge.segmenter import Segmenter
 
 REPO = Path(__file__).resolve().parents[1]
 TILE, N = 16, 3
