@@ -659,10 +659,48 @@ def test_cuda_check_unwraps_result_tuples() -> None:
 
 
 @pytest.mark.skipif(has_cuda_gpu(), reason="checks the no-GPU error path")
-def test_cuda_calls_fail_cleanly_without_gpu() -> None:
-    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed (the [gpu] extra)")
-    with pytest.raises(cuda_mem.CudaError, match="cudaMalloc"):
-        cuda_mem.DeviceBuffer(64)
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda: cuda_mem.DeviceBuffer(64), "cudaMalloc"),
+        (lambda: cuda_mem.PinnedArray((2, 3), np.float16), "cudaHostAlloc"),
+        (cuda_mem.Stream, "cudaStreamCreateWithFlags"),
+        (cuda_mem.Event, "cudaEventCreateWithFlags"),
+        (lambda: cuda_mem.device_info(0), "cudaGetDeviceProperties"),
+        (lambda: cuda_mem.set_device(0), "cudaSetDevice"),
+        (lambda: cuda_mem.copy_to_device_async(_fake_buffer(), np.zeros(4, np.float32), _null_stream()),
+         "cudaMemcpyAsync"),
+        (lambda: cuda_mem.copy_to_host_async(np.zeros(4, np.float32), _fake_buffer(), _null_stream()),
+         "cudaMemcpyAsync"),
+        (lambda: _null_stream().wait(_null_event()), "cudaStreamWaitEvent"),
+        (lambda: _null_stream().synchronize(), "cudaStreamSynchronize"),
+        (lambda: _null_event().record(_null_stream()), "cudaEventRecord"),
+        (lambda: _null_event().synchronize(), "cudaEventSynchronize"),
+    ],
+)
+def test_real_cuda_python_calls_fail_cleanly_without_gpu(call, name: str) -> None:
+    """Every cuda-python call in cuda_mem, with its real signature: a CudaError naming it, not a TypeError."""
+    pytest.importorskip("cuda.bindings.runtime", reason="cuda-python not installed (the [dev] or [gpu] extra)")
+    with pytest.raises(cuda_mem.CudaError, match=name):
+        call()
+
+
+def _fake_buffer() -> cuda_mem.DeviceBuffer:
+    buf = object.__new__(cuda_mem.DeviceBuffer)
+    buf.nbytes, buf.ptr = 64, 0x10000
+    return buf
+
+
+def _null_stream() -> cuda_mem.Stream:
+    stream = object.__new__(cuda_mem.Stream)
+    stream.handle = cuda_mem.cudart().cudaStream_t()
+    return stream
+
+
+def _null_event() -> cuda_mem.Event:
+    event = object.__new__(cuda_mem.Event)
+    event.handle = cuda_mem.cudart().cudaEvent_t()
+    return event
 
 
 class NumpyBackend(Backend):
