@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+# cudaErrorInsufficientDriver: no driver at all, or cuda-python built for a newer CUDA than the driver
+_HINTS = {35: " (is there an NVIDIA driver? cuda-python 13.x needs a CUDA 13 driver; use cuda-python 12.x with a CUDA 12 one)"}
 _INSTALL_HINT = "install the GPU extra: pip install 'phaseedge[gpu]' (cuda-python matching your CUDA driver)"
 
 
@@ -55,7 +57,8 @@ def check(result: Any, call: str = "CUDA call") -> Any:
     code = int(err)
     if code != 0:
         name = getattr(err, "name", None) or f"error {code}"
-        raise CudaError(f"{call} failed: {name} ({code}){_describe(err)}")
+        hint = _HINTS.get(code, "")
+        raise CudaError(f"{call} failed: {name} ({code}){_describe(err)}{hint}")
     if not values:
         return None
     return values[0] if len(values) == 1 else values
