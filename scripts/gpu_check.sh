@@ -3,8 +3,9 @@
 #
 #   scripts/gpu_check.sh [OUT_DIR]          default OUT_DIR: gpu_check_out
 #
-# For a tiny SAM+PLM (sam-tiny) and the full SAM-B+PLM architecture (sam-vit-b, tile 512;
-# random weights, which is enough for speed and for graph/engine checks): checkpoint ->
+# For a tiny SAM+PLM (sam-tiny), a tiny U-Net+PLM (unet-tiny) and the full SAM-B+PLM
+# architecture (sam-vit-b, tile 512; random weights, which is enough for speed and for
+# graph/engine checks): checkpoint ->
 # phaseedge-export onnx -> fp16 -> trt (TensorRT and/or TensorRT-RTX) -> run the engine
 # with phaseedge's TensorRT backend against ONNX Runtime fp32 on the CPU; ONNX Runtime's
 # CUDA and TensorRT execution providers; PyTorch on CUDA; phaseedge-export check;
@@ -27,9 +28,9 @@ else PY=python3
 fi
 BIN=$(dirname "$(command -v "$PY")")
 
-MODELS=(tiny sam-b)
-declare -A ARCH=([tiny]=sam-tiny [sam-b]=sam-vit-b)
-declare -A TILE=([tiny]=64 [sam-b]=512)
+MODELS=(tiny unet sam-b)
+declare -A ARCH=([tiny]=sam-tiny [unet]=unet-tiny [sam-b]=sam-vit-b)
+declare -A TILE=([tiny]=64 [unet]=64 [sam-b]=512)
 MODEL_STEPS=(checkpoint onnx fp16 trt-build trt-run rtx-build rtx-run ort-cuda ort-tensorrt torch-cuda check latency)
 ROWS=()
 
