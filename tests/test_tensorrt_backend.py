@@ -851,3 +851,20 @@ def test_pipeline_over_real_cuda_mem_moves_the_right_bytes(monkeypatch: pytest.M
     assert ctx.runs[0][1] == pipe.slots[0].dev[names.IMAGE].ptr != ctx.runs[1][1] == pipe.slots[1].dev[names.IMAGE].ptr
     pipe.free()
     assert len(rt.freed) == 2 * 2 * 3  # two slots x (pinned + device) x three tensors
+
+
+def test_rtx_runtime_cache_is_saved_atomically_on_close(env, tmp_path: Path, caplog) -> None:
+    env.version = "1.7.1.116"
+    path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
+    cache = tmp_path / "jit" / "model.rtxcache"
+    backend = trtb.TensorRTBackend(path, runtime_cache=cache)
+    backend._rtx_cache = types.SimpleNamespace(serialize=lambda: b"compiled kernels")
+    with caplog.at_level("WARNING"):
+        backend.close()  # the folder does not exist: a warning, not an error
+    assert "could not save" in caplog.text and not cache.exists()
+    cache.parent.mkdir()
+    backend = trtb.TensorRTBackend(path, runtime_cache=cache)
+    backend._rtx_cache = types.SimpleNamespace(serialize=lambda: b"compiled kernels")
+    backend.close()
+    assert cache.read_bytes() == b"compiled kernels"
+    assert list(cache.parent.iterdir()) == [cache]  # no temporary file left behind

@@ -466,8 +466,11 @@ class TensorRTBackend(Backend):
             return
         data = bytes(memoryview(self._rtx_cache.serialize()))
         tmp = self.runtime_cache.with_name(self.runtime_cache.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self.runtime_cache)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.runtime_cache)
+        except OSError as e:  # losing the cache costs start-up time next run, nothing else
+            log.warning("could not save the TensorRT-RTX runtime cache to %s: %s", self.runtime_cache, e)
 
     # ---------------------------------------------------------------- running
 
