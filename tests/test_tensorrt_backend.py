@@ -214,6 +214,14 @@ def test_rtx_engine_built_without_gpu_accepts_any_gpu(env, tmp_path: Path) -> No
     assert b.target == "rtx" and b.module_name == "tensorrt_rtx"
 
 
+def test_rtx_engine_refuses_a_pre_ampere_gpu(env, tmp_path: Path) -> None:
+    env.gpu = cuda_mem.DeviceInfo(0, "Tesla T4", "7.5", 16 << 30)
+    env.version = "1.7.1.116"
+    path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
+    with pytest.raises(sidecar.SidecarError, match="compute capability 8.0 or later.*Tesla T4.*rebuild"):
+        trtb.TensorRTBackend(path)
+
+
 def test_tensorrt_not_installed(env, tmp_path: Path) -> None:
     env.version = None
     with pytest.raises(ImportError, match="tensorrt module is not installed"):
