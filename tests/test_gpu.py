@@ -243,3 +243,32 @@ def test_tiny_graph_and_engine_build_without_gpu(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx (the [export] extra) is not installed")
     blob = build_engine(onnx_path, tmp_path / "tiny.engine", (2, 4, 6), "tensorrt_rtx")
     assert len(blob) > 1000
+
+
+@pytest.mark.skipif(has_cuda_gpu(), reason="checks the no-GPU path")
+def test_exported_rtx_engine_is_accepted_then_refused_without_gpu(tmp_path: Path) -> None:
+    """The exporter's real sidecar passes the backend's construction checks; first use then needs a GPU.
+
+    Runs in a subprocess: if the GPU guard ever failed, deserialising would kill the interpreter.
+    """
+    pytest.importorskip("tensorrt_rtx", reason="tensorrt-rtx (the [export] extra) is not installed")
+    from phaseedge.export.trt import build_engine as export_engine
+
+    onnx_path = tiny_onnx(tmp_path / "tiny.onnx")
+    sidecar.write(contract_sidecar((1, 4, 8), "onnx"), onnx_path)
+    engine_path = tmp_path / "tiny.engine"
+    export_engine(onnx_path, engine_path, batch=(1, 2, 4), target="rtx", log=lambda *a, **k: None)
+    script = (
+        "import numpy as np\n"
+        "from phaseedge.backends import get_backend\n"
+        f"b = get_backend('auto', {str(engine_path)!r})\n"
+        "print('built', b.max_batch, b.target, b.trt_version)\n"
+        "try:\n"
+        f"    b.infer(np.zeros((1, 1, {TILE}, {TILE}), np.float16), np.zeros((1, {N}), np.float32))\n"
+        "except RuntimeError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO,
+                       check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "built 4 rtx" in r.stdout and "refused: the TensorRT backend needs an NVIDIA GPU" in r.stdout
