@@ -325,15 +325,19 @@ def print_report(report: dict[str, Any]) -> None:
     print(f"model {m['path']} ({m['architecture']}, plm={m['plm']}, tile {m['tile']}, {m['precision']}); "
           f"frame {f['width']}x{f['height']} ({f['megapixels']:.1f} MP, {f['source']}); "
           f"{report['tiles_per_frame']} tiles/frame at overlap {report['overlap']}, ratio mode {report['ratio_mode']}")
-    print(f"machine: {report['machine']['cpu']}; {report['date']}; runs {report['runs']} after {report['warmup']} warm-up")
+    print(f"machine: {report['machine']['cpu']} (load {report['machine'].get('load_avg_1m', '?')}); {report['date']}; "
+          f"runs {report['runs']} after {report['warmup']} warm-up")
+    print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
     count = report["flops_per_tile"]
     if count.get("flops") is not None:
-        print(f"FLOPs per tile: {count['flops'] / 1e9:.3f} G ({count['method']})")
-    rows = [[r["name"], r.get("device"), r["p50_ms"], r["p90_ms"], r["p99_ms"], r["megapixels_per_s"],
+        from phaseedge.bench.floor import si
+
+        print(f"FLOPs per tile: {si(count['flops'])} ({count['method']})")
+    rows = [[r["name"], r.get("device"), r.get("precision"), r["p50_ms"], r["p90_ms"], r["p99_ms"], r["megapixels_per_s"],
              r.get("floor_ms"), r["pipeline_efficiency"], r.get("speedup_vs_baseline"), r["peak_host_mb"],
              r.get("peak_gpu_mb")] for r in report["variants"] if "skipped" not in r]
     if rows:
-        print(format_table(rows, ["variant", "device", "p50 ms", "p90 ms", "p99 ms", "MP/s", "floor ms",
+        print(format_table(rows, ["variant", "device", "precision", "p50 ms", "p90 ms", "p99 ms", "MP/s", "floor ms",
                                   "efficiency", "x baseline", "host MB", "GPU MB"]))
     for r in report["variants"]:
         if "skipped" in r:
