@@ -77,6 +77,7 @@ def test_parse_batch():
             trt.parse_batch(bad)
 
 
+@pytest.mark.gpu
 @requires_gpu
 def test_engine_on_gpu_matches_onnx(tmp_path):
     """With a GPU: build for whichever TensorRT is installed, run it, compare with ONNX Runtime."""
