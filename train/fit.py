@@ -61,6 +61,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--seed", type=int)
+    p.add_argument(
+        "--sam-checkpoint",
+        help="official SAM weights to start from (sam-* models), e.g. sam_vit_b_01ec64.pth",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (default 1: fastest on a shared machine)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUT/state/")
     p.add_argument("--synth-train", type=int, default=24, help="synthetic training frames (--data synth)")
@@ -87,6 +91,7 @@ def build_config(args: argparse.Namespace) -> FitConfig:
         "lr": args.lr,
         "seed": args.seed,
         "num_threads": args.threads,
+        "sam_checkpoint": args.sam_checkpoint,
     }
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.no_plm:

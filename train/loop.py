@@ -36,7 +36,7 @@ from phaseedge.train.augment import (
 )
 from phaseedge.train.data import LabelledImage, class_frequencies
 from phaseedge.train.losses import LossConfig, resolve_class_weights, segmentation_loss
-from phaseedge.train.models import build_model
+from phaseedge.train.models import build_model, load_sam_checkpoint
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -52,6 +52,7 @@ class FitConfig:
 
     model: str = "unet"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    sam_checkpoint: str | None = None  # official SAM weights (e.g. sam_vit_b_01ec64.pth) for sam-* models
     plm: bool = True
     tile: int = 256
     class_names: list[str] | None = None
@@ -93,6 +94,8 @@ class FitConfig:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if self.sam_checkpoint and not self.model.startswith("sam"):
+            raise ValueError(f"sam_checkpoint is for sam-* models, not {self.model!r}")
         if self.val_ratio_accuracy is not None and not 0 <= self.val_ratio_accuracy <= 1:
             raise ValueError(f"val_ratio_accuracy must be in [0, 1] or null, got {self.val_ratio_accuracy}")
         return self
@@ -242,9 +245,7 @@ def fit(
     cfg = cfg.resolved(train_items)
     cfg.class_names = class_names
     if not resume and (out / "state").exists():
-        raise FileExistsError(
-            f"{out} already holds a run; pass --resume to continue it or choose another --out"
-        )
+        raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
@@ -256,7 +257,10 @@ def fit(
     if amp and device.type != "cuda":
         raise ValueError("amp needs a CUDA device")
 
-    model = build_model(cfg.model, n_classes, plm=cfg.plm, tile=cfg.tile, **cfg.model_kwargs).to(device)
+    model = build_model(cfg.model, n_classes, plm=cfg.plm, tile=cfg.tile, **cfg.model_kwargs)
+    if cfg.sam_checkpoint:  # frozen weights come from here, also on resume (the state holds trainables only)
+        load_sam_checkpoint(model, cfg.sam_checkpoint)
+    model = model.to(device)
     params = model.trainable_parameters()
     opt = torch.optim.Adam(params, lr=cfg.lr)
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
