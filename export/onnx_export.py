@@ -170,6 +170,7 @@ def export_model(
 
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
+    log("tracing with torch.export and translating to ONNX (a minute or two for SAM-B on CPU)...")
     with warnings.catch_warnings(), _quiet_torch_onnx_logs():
         # Internal notices of torch 2.13's exporter, not about our model.
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -191,6 +192,7 @@ def export_model(
     seconds = time.perf_counter() - t0
     try:
         ops = check_graph(out, model, info)
+        log(f"exported in {seconds:.0f}s; comparing with PyTorch in ONNX Runtime on B={verify_batches}...")
         parity = compare_with_torch(out, wrapper, info.tile, n, verify_batches)
         log(str(parity))
         if not parity.max_abs_err <= atol or parity.argmax_agreement < min_agreement:

@@ -32,8 +32,9 @@ def test_rtx_builds_every_graph_kind(tmp_path, kind, graph):
         assert sc.engine.gpu_name == sc_mod.NO_GPU and sc.engine.compute_capability is None
     want = "fp16" if graph == "fp16" else "fp32"
     assert sc.precision == want
-    assert result.report.heavy_by_dtype.get(want, 0) > 0
-    assert result.report.heavy_fp16_share == (1.0 if want == "fp16" else 0.0)
+    assert trt.mostly_fp16(result.report) == (want == "fp16")
+    if result.report.source == "parsed network":  # exact on the network; the GPU's engine may fuse
+        assert result.report.heavy_by_dtype == {want: sum(result.report.heavy_by_dtype.values())}
 
 
 def test_fp16_label_on_fp32_graph_fails(tmp_path):
