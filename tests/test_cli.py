@@ -129,3 +129,16 @@ def test_demo_runs_with_a_model(tmp_path, monkeypatch, capsys):
     summary = json.loads((tmp_path / "o" / "fractions.json").read_text())
     assert 0 <= summary["macro_dice"] <= 1
     assert {p.name for p in (tmp_path / "o").iterdir()} >= {"image.tif", "labels.png", "truth.png", "overlay.png"}
+
+
+def test_bundled_model_segments_an_unseen_synthetic_frame():
+    from phaseedge import default_model, metrics, synth
+
+    try:
+        model = default_model()
+    except FileNotFoundError:
+        pytest.skip("no bundled model in this checkout")
+    seg = Segmenter(model, backend="onnxruntime", backend_options={"providers": ["CPUExecutionProvider"]})
+    img, truth = synth.micrograph((300, 400), n_phases=seg.n_classes, seed=2029, dtype=np.uint16)
+    result = seg.segment(img)
+    assert metrics.macro_dice(result.labels, truth, seg.n_classes) >= 0.9
