@@ -322,7 +322,8 @@ def measure(spec, frame_hw: tuple[int, int], overlap: float, device: str, torch_
     precision = "fp16" if spec.precision == "fp16" and "fp16" in peak.get("flops_per_s", {}) else "fp32"
     peak_value = peak.get("flops_per_s", {}).get(precision)
     out = floor_report(count["flops"], grid.n_tiles, frame_hw, peak_value)
-    out.update({"overlap": overlap, "count": count, "peak": peak, "peak_precision": precision})
+    out.update({"overlap": overlap, "overlap_factor": grid.n_tiles * spec.tile**2 / (frame_hw[0] * frame_hw[1]),
+                "count": count, "peak": peak, "peak_precision": precision})
     return out
 
 
@@ -380,7 +381,8 @@ def run(args) -> int:
     h, w = args.frame
     rows = [
         ["FLOPs per tile", f"{si(result['flops_per_tile'])} ({result['count']['method']})"],
-        ["tiles per frame", f"{result['tiles_per_frame']} ({w}x{h}, tile {spec.tile}, overlap {args.overlap})"],
+        ["tiles per frame", (f"{result['tiles_per_frame']} ({w}x{h}, tile {spec.tile}, overlap {args.overlap}: "
+                            f"{result['overlap_factor']:.2f}x the frame's pixels)")],
         ["GFLOP per frame", f"{result['gflops_per_frame']:.2f}"],
         ["GFLOP per megapixel", f"{result['gflops_per_megapixel']:.2f}"],
         ["peak", peak_text],

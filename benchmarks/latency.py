@@ -282,6 +282,7 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         "runs": args.runs, "warmup": args.warmup, "batch": args.batch, "overlap": args.overlap,
         "threads": args.threads,
         "ratio_mode": args.ratio_mode, "tiles_per_frame": grid.n_tiles * passes,
+        "overlap_factor": grid.n_tiles * passes * spec.tile**2 / (frame_hw[0] * frame_hw[1]),
         "flops_per_tile": count,
         "variants": [],
     }
@@ -324,7 +325,8 @@ def print_report(report: dict[str, Any]) -> None:
     m = report["model"]
     print(f"model {m['path']} ({m['architecture']}, plm={m['plm']}, tile {m['tile']}, {m['precision']}); "
           f"frame {f['width']}x{f['height']} ({f['megapixels']:.1f} MP, {f['source']}); "
-          f"{report['tiles_per_frame']} tiles/frame at overlap {report['overlap']}, ratio mode {report['ratio_mode']}")
+          f"{report['tiles_per_frame']} tiles/frame at overlap {report['overlap']} "
+          f"({report['overlap_factor']:.2f}x the frame's pixels), ratio mode {report['ratio_mode']}")
     print(f"machine: {report['machine']['cpu']} (load {report['machine'].get('load_avg_1m', '?')}); {report['date']}; "
           f"runs {report['runs']} after {report['warmup']} warm-up")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
