@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -76,3 +78,45 @@ def test_simulated_ratio():
     assert simulated_ratio(truth, "none") is None
     np.testing.assert_allclose(simulated_ratio(truth, "exact"), truth)
     np.testing.assert_allclose(simulated_ratio(truth, 0.3), [0.315, 0.341, 0.344], atol=1e-6)
+
+
+def test_eval_cli_prints_json(tmp_path, capsys):
+    import cv2
+    from phaseedge.train import checkpoint
+    from phaseedge.train.cli import main
+    from phaseedge.train.models import build_model
+
+    from phaseedge import synth
+
+    torch.manual_seed(0)
+    ckpt = checkpoint.save(build_model("unet-tiny", 3, plm=True, tile=32), tmp_path / "ckpt", ["a", "b", "c"])
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    (tmp_path / "data" / "labels").mkdir()
+    for i, seed in enumerate((301, 302)):
+        img, mask = synth.micrograph((48, 40), n_phases=3, seed=seed, dtype=np.uint8, band=6)
+        cv2.imwrite(str(tmp_path / "data" / "images" / f"f{i}.png"), img)
+        cv2.imwrite(str(tmp_path / "data" / "labels" / f"f{i}.png"), mask)
+    (tmp_path / "split.txt").write_text("f1\n")
+    argv = [
+        "eval",
+        str(ckpt),
+        "--data",
+        str(tmp_path / "data"),
+        "--split",
+        str(tmp_path / "split.txt"),
+        "--json",
+    ]
+    assert main([*argv, "--ratio-accuracy", "0.9"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    assert {"macro_dice", "per_class_dice", "miou", "fraction_mae"} <= set(one)
+    assert (
+        one["images"] == 1 and one["ratio_accuracy"] == 0.9 and set(one["per_class_dice"]) == {"a", "b", "c"}
+    )
+    assert main([*argv, "--ratio-accuracy", "none,exact", "--calibrate", "both"]) == 0
+    sweep = json.loads(capsys.readouterr().out)
+    assert [(r["ratio_accuracy"], r["calibrate"]) for r in sweep] == [
+        ("none", False),
+        ("none", True),
+        ("exact", False),
+        ("exact", True),
+    ]
