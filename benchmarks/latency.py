@@ -220,6 +220,8 @@ def time_variant(variant: Variant, frames: list, paths: list[Path] | None, runs:
                     frame_stages["read"] = read_s
                 stages.append(frame_stages)
             record["peak_host_mb"] = system.peak_host_mb()
+        except (RuntimeError, MemoryError, OSError) as e:  # one failing variant must not end the comparison
+            return {**record, "skipped": f"failed while running: {type(e).__name__}: {e}"}
         finally:
             seg.close()
             backend.close()
@@ -373,7 +375,9 @@ def add_parser(subparsers) -> None:
                         "weights (speed only)")
     p.add_argument("--frame", type=parse_frame, default=(3072, 4096), metavar="WxH",
                    help="synthetic frame size (default 4096x3072)")
-    p.add_argument("--images", nargs="+", metavar="FILE", help="time these images instead of synthetic frames")
+    p.add_argument("--images", nargs="+", metavar="FILE",
+                   help="time these images (cycled; one size, as from one microscope setting) instead of synthetic "
+                        "frames; the file read is timed as stage 'read'")
     p.add_argument("--batch", type=int, default=None, help="tiles per backend call (default: the model's maximum)")
     p.add_argument("--runs", type=int, default=10, help="timed frames (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed frames first (default 2)")
