@@ -42,7 +42,13 @@ def test_exported_graphs_convert(kind):
     sc = sc_mod.load(e.fp16)
     assert sc.precision == "fp16" and sc.source["fp32_sha256"] == sc_mod.read(e.onnx).sha256
     assert sc.source["fp16_nodes"] / sc.source["float_nodes"] > 0.6
-    assert e.fp16.stat().st_size < 0.8 * e.onnx.stat().st_size or kind != "sam-plm"
+    # weights are stored once, in fp16 (file size is a poor proxy on tiny graphs: node protos dominate)
+    assert _float_weight_bytes(e.fp16) < 0.55 * _float_weight_bytes(e.onnx)
+
+
+def _float_weight_bytes(path) -> int:
+    inits = onnx.load(str(path)).graph.initializer
+    return sum(numpy_helper.to_array(i).nbytes for i in inits if i.data_type in (FP32, FP16))
 
 
 def test_fp16_matches_fp32_in_ort():
