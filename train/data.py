@@ -21,8 +21,7 @@ import cv2
 import numpy as np
 import tifffile
 
-from phaseedge import synth
-from phaseedge.normalize import frame_range
+from phaseedge import normalize, synth
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
@@ -39,10 +38,7 @@ class LabelledImage:
     def __post_init__(self) -> None:
         if self.image.shape != self.mask.shape:
             raise ValueError(f"{self.name}: image {self.image.shape} and mask {self.mask.shape} differ")
-        lo, hi = frame_range(self.image)
-        x = self.image.astype(np.float32)
-        scale = np.float32(1.0 / (hi - lo)) if hi > lo else np.float32(0.0)
-        self.normalized = np.clip((x - np.float32(lo)) * scale, 0.0, 1.0).astype(np.float32)
+        self.normalized = normalize.apply(self.image, *normalize.frame_range(self.image))
 
     def fractions(self, n_classes: int) -> np.ndarray:
         """True phase fractions of the whole frame (Eq. 1), float64 [n]."""
