@@ -58,7 +58,7 @@ def latency_bars(rows: Sequence[Mapping[str, object]], path: str | Path, title: 
     """One bar per variant (``name``, ``p50_ms``), with p90 as an error whisker and
     the floor (``floor_ms``, when known) as a black tick."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 1.6), dpi=120)
+    fig, ax = plt.subplots(figsize=(6.4, 0.6 * len(rows) + 2.0), dpi=120)
     names = [str(r["name"]) for r in rows]
     p50 = [float(r["p50_ms"]) for r in rows]
     p90 = [float(r.get("p90_ms", r["p50_ms"])) for r in rows]
@@ -73,7 +73,7 @@ def latency_bars(rows: Sequence[Mapping[str, object]], path: str | Path, title: 
     ax.set_xlabel("ms per frame")
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
