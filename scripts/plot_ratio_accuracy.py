@@ -40,6 +40,13 @@ def main() -> None:
     ap.add_argument("baseline", help="eval JSON list of the model without PLM")
     ap.add_argument("plm", help="eval JSON list of the model with PLM")
     ap.add_argument("out", help="PNG to write")
+    ap.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        metavar="LABEL=FILE",
+        help="another PLM eval JSON drawn faded (e.g. a shorter run)",
+    )
     ap.add_argument("--title", default="MetalDAM validation: macro Dice vs. ratio accuracy")
     args = ap.parse_args()
     with open(args.baseline) as f:
@@ -53,6 +60,11 @@ def main() -> None:
     ax.plot(*_series(plm, True), "s:", color="C0", alpha=0.7, label="U-Net + PLM + calibration")
     ax.plot(*_series(base, True), "^-", color="C1", label="U-Net + calibration")
     ax.plot([0.47], [_none(plm)], "o", color="C0", mfc="white", label="U-Net + PLM, ratio unknown (zeros)")
+    for i, spec in enumerate(args.extra):
+        label, _, path = spec.partition("=")
+        with open(path) as f:
+            extra = json.load(f)
+        ax.plot(*_series(extra, False), "o-", color=f"C{i + 2}", alpha=0.45, label=label)
     ax.set_xlabel("expert ratio accuracy α (Eq. 4-5; 1 = exact)")
     ax.set_ylabel("macro Dice (%)")
     ax.set_title(args.title, fontsize=10)
