@@ -20,6 +20,15 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def alpha_position(alpha: str) -> float:
     """Where an α label sits on the x axis: 'none' at 0 (no information), 'exact' at 1."""
     if alpha == "none":
@@ -46,12 +55,7 @@ def dice_vs_alpha(curves: Mapping[str, Mapping[str, float]], baselines: Mapping[
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path)
 
 
 def latency_bars(rows: Sequence[Mapping[str, object]], path: str | Path, title: str) -> Path:
@@ -74,9 +78,4 @@ def latency_bars(rows: Sequence[Mapping[str, object]], path: str | Path, title: 
     ax.set_title(title, fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2, frameon=False)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out)
-    plt.close(fig)
-    return out
+    return _save(plt, fig, path)
