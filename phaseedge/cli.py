@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
     seg.add_argument("--crop", type=_crop_arg, default=None,
                      help="keep the top-left ROWS,COLS pixels (instead of detecting the information band)")
+    seg.add_argument("--model-pixel-size", type=float, default=None, metavar="NM",
+                     help="the model's training pixel size in nm: frames whose SEM metadata gives their pixel "
+                          "size are resampled to it (default: segment at the frame's own scale)")
     seg.add_argument("--keep-band", action="store_true", help="do not detect/remove the information band")
     seg.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNG")
     return parser
@@ -90,7 +93,8 @@ def segment_command(args: argparse.Namespace) -> int:
 
     try:
         seg = Segmenter(args.model, backend=args.backend, device=args.device, overlap=args.overlap,
-                        blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode)
+                        blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode,
+                        model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9)
         seg.__enter__()  # load now: a model that does not load is one message, not N
         ratio = ratio_mod.validate(args.ratio, seg.n_classes)
     except (OSError, ImportError, ValueError, TypeError, RuntimeError) as exc:
@@ -121,7 +125,7 @@ def segment_command(args: argparse.Namespace) -> int:
             row: dict[str, Any] = {"image": str(path), "error": ""}
             try:
                 frame = fut.result()
-                result = seg.segment(frame.pixels, ratio=ratio)
+                result = seg.segment(frame, ratio=ratio)
                 labels_png = args.out / f"{stem}_labels.png"
                 _write_png(cv2, labels_png, result.labels)
                 outputs = {"labels": labels_png.name}

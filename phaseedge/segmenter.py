@@ -9,6 +9,7 @@ or on ``__enter__``. One lock guards the backend, so any number of threads may c
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import threading
@@ -37,6 +38,8 @@ CALIBRATE_TILES = 32
 CALIBRATE_STRIDE = 4
 #: rotating tile buffers: a backend may pull batch k+1 (and k+2 while copying) before returning k
 _N_BUFFERS = 3
+#: pixel-size ratios within this of 1 are treated as "same scale" (no resampling)
+RESCALE_TOLERANCE = 0.01
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -56,10 +59,11 @@ def default_model() -> Path:
 class _Prepared:
     """A checked frame plus its normalisation range: everything infer needs, computed once."""
 
-    frame: np.ndarray  # 2-D, C-contiguous uint8/uint16/float32
+    frame: np.ndarray  # 2-D, C-contiguous uint8/uint16/float32, at the model's pixel size
     lo: float
     hi: float
     seconds: float
+    original_shape: tuple[int, int] | None = None  # the frame's own shape when it was resampled
 
 
 class Segmenter:
@@ -72,11 +76,17 @@ class Segmenter:
     "gaussian" or "center"; batch_size: tiles per backend call (default: the backend's
     maximum). ratio_mode: how an expert ratio is used (see `segment`). queue_size bounds
     `submit`'s queue. backend_options go to the backend constructor.
+    model_pixel_size_m: metres per pixel of the model's training images. When given, a
+    frame whose pixel size is known (a path or `phaseedge.io.Frame` with SEM metadata) is
+    resampled to it before tiling and the labels are mapped back to the frame's own grid,
+    so a model sees phases at the scale it learned them; frames without a pixel size are
+    segmented as they are.
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float = 0.25,
                  blend: str = "gaussian", batch_size: int | None = None, ratio_mode: str = "global",
-                 queue_size: int = 4, backend_options: dict[str, Any] | None = None) -> None:
+                 queue_size: int = 4, backend_options: dict[str, Any] | None = None,
+                 model_pixel_size_m: float | None = None) -> None:
         self.overlap = validate_overlap(overlap)
         self.blend = validate_blend(blend)
         if ratio_mode not in RATIO_MODES:
@@ -89,6 +99,11 @@ class Segmenter:
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f"queue_size must be a positive integer, got {queue_size!r}")
         self.queue_size = queue_size
+        if model_pixel_size_m is not None and not (isinstance(model_pixel_size_m, (int, float))
+                                                   and not isinstance(model_pixel_size_m, bool)
+                                                   and np.isfinite(model_pixel_size_m) and model_pixel_size_m > 0):
+            raise ValueError(f"model_pixel_size_m must be a positive number of metres, got {model_pixel_size_m!r}")
+        self.model_pixel_size_m = None if model_pixel_size_m is None else float(model_pixel_size_m)
         self.device = device
         self._options = dict(backend_options or {})
         self._backend: Backend | None = None
@@ -214,11 +229,12 @@ class Segmenter:
         """
         r = ratio_mod.validate(ratio, self.n_classes)
         if not isinstance(image, (str, os.PathLike)):
-            if not isinstance(image, np.ndarray):
-                from phaseedge.io import Frame
+            from phaseedge.io import Frame
 
-                image = image.pixels if isinstance(image, Frame) else image
-            image = np.array(image, copy=True)
+            if isinstance(image, Frame):  # keep its pixel size
+                image = dataclasses.replace(image, pixels=np.array(image.pixels, copy=True))
+            else:
+                image = np.array(image, copy=True)
         fut: Future = Future()
         self._start_worker().put((fut, image, r, return_probabilities), block=block, timeout=timeout)
         return fut
@@ -248,19 +264,26 @@ class Segmenter:
 
     def _prepare(self, image: Any) -> _Prepared:
         t0 = time.perf_counter()
+        pixel_size = None
         if not isinstance(image, np.ndarray):
             from phaseedge.io import Frame, read_image
 
             if isinstance(image, (str, os.PathLike)):
                 image = read_image(image)
             if isinstance(image, Frame):
-                image = image.pixels
+                image, pixel_size = image.pixels, image.pixel_size_m
         frame = np.ascontiguousarray(check_frame(image))
+        original = None
+        if pixel_size is not None and self.model_pixel_size_m is not None:
+            factor = pixel_size / self.model_pixel_size_m
+            if abs(factor - 1.0) > RESCALE_TOLERANCE:
+                original = frame.shape
+                frame = resample_frame(frame, factor)
         norm = self.backend.normalization
         if norm.get("method") != "percentile":
             raise ValueError(f"model asks for normalisation {norm!r}; this runtime knows 'percentile'")
         lo, hi = frame_range(frame, float(norm.get("low", 0.5)), float(norm.get("high", 99.5)))
-        return _Prepared(frame, lo, hi, time.perf_counter() - t0)
+        return _Prepared(frame, lo, hi, time.perf_counter() - t0, original)
 
     def _segment_prepared(self, p: _Prepared, r: np.ndarray | None, want_probs: bool) -> Result:
         with self._lock:
@@ -296,6 +319,9 @@ class Segmenter:
             if probs is not None and class_weights is not None:  # return what the labels came from
                 probs *= class_weights[:, None, None]
                 probs /= probs.sum(axis=0, keepdims=True)
+            if p.original_shape is not None:  # back to the frame's own pixel grid
+                labels, probs = _to_shape(labels, probs, p.original_shape)
+                counts = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
             timings["total"] = time.perf_counter() - t0 + p.seconds
         total = max(int(counts.sum()), 1)
         names = tuple(backend.class_names)
@@ -395,6 +421,32 @@ class Segmenter:
                 for b, (y, x) in enumerate(sub[sl]):
                     parts.append(probs[b, :, : h - y : s, : w - x : s].reshape(probs.shape[1], -1).astype(np.float32))
         return np.concatenate(parts, axis=1)
+
+
+def resample_frame(frame: np.ndarray, factor: float) -> np.ndarray:
+    """The frame resampled by ``factor`` (new size = round(size x factor)): area averaging
+    when shrinking (no aliasing of lath textures), bilinear when enlarging."""
+    import cv2
+
+    h, w = frame.shape
+    size = (max(round(w * factor), 1), max(round(h * factor), 1))
+    if min(size) < 2:
+        raise ValueError(f"frame {w}x{h} resampled by {factor:.4g} to the model's pixel size "
+                         f"would be {size[0]}x{size[1]} pixels: too small to segment")
+    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
+    return np.ascontiguousarray(cv2.resize(frame, size, interpolation=interp))
+
+
+def _to_shape(labels: np.ndarray, probs: np.ndarray | None,
+              shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (nearest) and optional probabilities (bilinear) resampled to ``shape``."""
+    import cv2
+
+    size = (shape[1], shape[0])
+    out = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
+    if probs is not None:
+        probs = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in probs])
+    return out, probs
 
 
 def _shift_band(acc: np.ndarray, wsum: np.ndarray, rows: int) -> None:

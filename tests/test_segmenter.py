@@ -386,3 +386,45 @@ def test_paths_and_io_frames_are_accepted_everywhere(affine, tmp_path):
     assert np.array_equal(seg.submit(str(path)).result(30).labels, ref)
     assert all(np.array_equal(r.labels, ref) for r in seg.segment_many([path, read_image(path)]))
     seg.close()
+
+
+def test_frames_are_resampled_to_the_model_pixel_size(affine):
+    import cv2
+
+    from phaseedge.io import Frame
+    from phaseedge.segmenter import resample_frame
+
+    img = _frame((90, 120), seed=21)
+    frame = Frame(pixels=img, path=None, pixel_size_m=10e-9, band_rows=0, bits=16)
+    plain = Segmenter(affine)
+    seg = Segmenter(affine, model_pixel_size_m=20e-9)  # the model saw 2x coarser pixels
+    res = seg.segment(frame, return_probabilities=True)
+    # same as segmenting the half-size frame, then mapping labels back to the frame's grid
+    small = plain.segment(resample_frame(img, 0.5))
+    assert small.labels.shape == (45, 60)
+    expected = cv2.resize(small.labels, (120, 90), interpolation=cv2.INTER_NEAREST)
+    assert res.labels.shape == img.shape and np.array_equal(res.labels, expected)
+    assert res.probabilities.shape == (2, 90, 120)
+    assert np.allclose(res.probabilities.sum(axis=0), 1.0, atol=1e-3)  # the graph outputs float16
+    counts = np.bincount(expected.ravel(), minlength=2)
+    assert list(res.fractions.values()) == pytest.approx(list(counts / counts.sum()))
+    # submit keeps the Frame's pixel size; frames without one, or at the model's size, are not resampled
+    assert np.array_equal(seg.submit(frame).result(30).labels, expected)
+    assert np.array_equal(seg.segment(img).labels, plain.segment(img).labels)
+    same = Frame(pixels=img, path=None, pixel_size_m=20.1e-9, band_rows=0, bits=16)
+    assert np.array_equal(seg.segment(same).labels, plain.segment(img).labels)
+    seg.close()
+    plain.close()
+
+
+@pytest.mark.parametrize("bad", [0, -1e-9, float("nan"), "20nm", True])
+def test_bad_model_pixel_size_is_refused(affine, bad):
+    with pytest.raises(ValueError, match="model_pixel_size_m"):
+        Segmenter(affine, model_pixel_size_m=bad)
+
+
+def test_resampling_to_nothing_is_refused():
+    from phaseedge.segmenter import resample_frame
+
+    with pytest.raises(ValueError, match="too small"):
+        resample_frame(np.zeros((10, 10), np.uint16), 0.1)
