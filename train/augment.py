@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from phaseedge.train.data import LabelledImage
+from phaseedge.train.settings import check_known
 
 from phaseedge import ratio as ratio_ops
 
@@ -40,9 +41,7 @@ class AugmentConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown augmentation settings: {sorted(unknown)}")
+        check_known(cls, d, "augmentation")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         cfg = cls(**d)
         for name in ("scale", "contrast", "gamma"):
@@ -66,9 +65,7 @@ class RatioConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> RatioConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown ratio settings: {sorted(unknown)}")
+        check_known(cls, d, "ratio")
         cfg = cls(**d)
         if not 0.0 <= cfg.alpha_min <= 1.0:
             raise ValueError(f"ratio.alpha_min must be in [0, 1], got {cfg.alpha_min}")

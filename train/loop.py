@@ -37,6 +37,7 @@ from phaseedge.train.augment import (
 from phaseedge.train.data import LabelledImage, class_frequencies
 from phaseedge.train.losses import LossConfig, resolve_class_weights, segmentation_loss
 from phaseedge.train.models import build_model, load_sam_checkpoint
+from phaseedge.train.settings import check_known
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
@@ -72,9 +73,7 @@ class FitConfig:
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
         d = dict(d)
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown training settings: {sorted(unknown)}")
+        check_known(cls, d, "training")
         sub = {
             "augment": AugmentConfig.from_dict(d.pop("augment", {}) or {}),
             "ratio": RatioConfig.from_dict(d.pop("ratio", {}) or {}),

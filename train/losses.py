@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from phaseedge.train.settings import check_known
 
 
 @dataclass
@@ -24,9 +25,7 @@ class LossConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> LossConfig:
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown loss settings: {sorted(unknown)}")
+        check_known(cls, d, "loss")
         cfg = cls(**d)
         for name in ("dice_weight", "ce_weight", "ratio_weight", "smooth"):
             if getattr(cfg, name) < 0:
