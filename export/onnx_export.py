@@ -71,6 +71,7 @@ class ModelInfo:
     class_names: tuple[str, ...]
     tile: int
     normalization: dict[str, Any]
+    pixel_size_m: float | None = None
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,7 @@ def load_checkpoint(ckpt: str | Path) -> tuple[nn.Module, ModelInfo]:
         class_names=tuple(cfg["class_names"]),
         tile=int(cfg["tile"]),
         normalization=dict(cfg["normalization"]),
+        pixel_size_m=cfg.get("pixel_size_m"),
     )
     return model.eval(), info
 
@@ -117,7 +119,7 @@ def model_info(model: nn.Module, class_names: tuple[str, ...]) -> ModelInfo:
     cfg = model.config
     return ModelInfo(architecture=str(cfg["architecture"]), plm=bool(model.plm_enabled),
                      class_names=tuple(class_names), tile=int(cfg["tile"]),
-                     normalization=dict(cfg["normalization"]))
+                     normalization=dict(cfg["normalization"]), pixel_size_m=cfg.get("pixel_size_m"))
 
 
 def compare_with_torch(
@@ -205,7 +207,7 @@ def export_model(
         sidecar_mod.Sidecar(
             kind="onnx", architecture=info.architecture, plm=info.plm, class_names=info.class_names,
             n_classes=n, tile=info.tile, normalization=info.normalization, inputs=inputs, outputs=outputs,
-            batch=batch, precision="fp32",
+            batch=batch, precision="fp32", pixel_size_m=info.pixel_size_m,
             source={**(source or {}), "opset": opset, "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
                     "phaseedge": __version__},
         ),

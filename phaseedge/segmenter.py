@@ -26,8 +26,10 @@ import numpy as np
 
 from phaseedge import hostops
 from phaseedge import ratio as ratio_mod
+from phaseedge import tta as tta_mod
 from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend
 from phaseedge.normalize import check_frame, frame_range
+from phaseedge.resample import RESCALE_TOLERANCE, resample_frame, to_shape
 from phaseedge.result import Result
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
 
@@ -38,8 +40,6 @@ CALIBRATE_TILES = 32
 CALIBRATE_STRIDE = 4
 #: rotating tile buffers: a backend may pull batch k+1 (and k+2 while copying) before returning k
 _N_BUFFERS = 3
-#: pixel-size ratios within this of 1 are treated as "same scale" (no resampling)
-RESCALE_TOLERANCE = 0.01
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 
@@ -80,13 +80,16 @@ class Segmenter:
     frame whose pixel size is known (a path or `phaseedge.io.Frame` with SEM metadata) is
     resampled to it before tiling and the labels are mapped back to the frame's own grid,
     so a model sees phases at the scale it learned them; frames without a pixel size are
-    segmented as they are.
+    segmented as they are. Without it, the model's own training pixel size (checkpoint
+    config or sidecar ``pixel_size_m``) is used when it has one.
+    tta: also run every tile flipped (4 passes, `phaseedge.tta`) and average: slower,
+    usually a little more accurate, and what `phaseedge-train eval --tta` reports.
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float = 0.25,
                  blend: str = "gaussian", batch_size: int | None = None, ratio_mode: str = "global",
                  queue_size: int = 4, backend_options: dict[str, Any] | None = None,
-                 model_pixel_size_m: float | None = None) -> None:
+                 model_pixel_size_m: float | None = None, tta: bool = False) -> None:
         self.overlap = validate_overlap(overlap)
         self.blend = validate_blend(blend)
         if ratio_mode not in RATIO_MODES:
@@ -104,6 +107,9 @@ class Segmenter:
                                                    and np.isfinite(model_pixel_size_m) and model_pixel_size_m > 0):
             raise ValueError(f"model_pixel_size_m must be a positive number of metres, got {model_pixel_size_m!r}")
         self.model_pixel_size_m = None if model_pixel_size_m is None else float(model_pixel_size_m)
+        if not isinstance(tta, bool):
+            raise TypeError(f"tta must be True or False, got {tta!r}")
+        self.tta = tta
         self.device = device
         self._options = dict(backend_options or {})
         self._backend: Backend | None = None
@@ -274,8 +280,9 @@ class Segmenter:
                 image, pixel_size = image.pixels, image.pixel_size_m
         frame = np.ascontiguousarray(check_frame(image))
         original = None
-        if pixel_size is not None and self.model_pixel_size_m is not None:
-            factor = pixel_size / self.model_pixel_size_m
+        target = self.model_pixel_size_m or getattr(self.backend, "pixel_size_m", None)
+        if pixel_size is not None and target is not None:
+            factor = pixel_size / target
             if abs(factor - 1.0) > RESCALE_TOLERANCE:
                 original = frame.shape
                 frame = resample_frame(frame, factor)
@@ -312,7 +319,9 @@ class Segmenter:
                 class_weights = np.exp(shift - shift.max()).astype(np.float32)
                 timings["survey"] = time.perf_counter() - t
             t, tiles_before = time.perf_counter(), timings["tiles"]
-            labels, counts, probs = self._stitch(p, grid, batches, tile_ratios, class_weights, want_probs, timings)
+            # a resampled frame keeps its probabilities: its labels are their argmax at frame resolution
+            keep_probs = want_probs or p.original_shape is not None
+            labels, counts, probs = self._stitch(p, grid, batches, tile_ratios, class_weights, keep_probs, timings)
             main = time.perf_counter() - t
             # what the main pass spent neither cutting tiles nor stitching: the backend
             timings["infer"] = main - timings["stitch"] - timings["finish"] - (timings["tiles"] - tiles_before)
@@ -320,8 +329,9 @@ class Segmenter:
                 probs *= class_weights[:, None, None]
                 probs /= probs.sum(axis=0, keepdims=True)
             if p.original_shape is not None:  # back to the frame's own pixel grid
-                labels, probs = _to_shape(labels, probs, p.original_shape)
+                labels, probs = to_shape(labels, probs, p.original_shape)
                 counts = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
+                probs = probs if want_probs else None
             timings["total"] = time.perf_counter() - t0 + p.seconds
         total = max(int(counts.sum()), 1)
         names = tuple(backend.class_names)
@@ -348,7 +358,8 @@ class Segmenter:
 
         # closed explicitly: a backend may hold its device pipeline (and lock) until its
         # iterator ends, which must not wait for garbage collection after an error
-        with closing(backend.infer_many(feed())) as results:
+        results_of = (lambda b: tta_mod.infer_flips(backend, b)) if self.tta else backend.infer_many
+        with closing(results_of(feed())) as results:
             for probs in results:
                 sl = in_flight.popleft()
                 if probs.shape != (sl.stop - sl.start, backend.n_classes, t, t):
@@ -421,32 +432,6 @@ class Segmenter:
                 for b, (y, x) in enumerate(sub[sl]):
                     parts.append(probs[b, :, : h - y : s, : w - x : s].reshape(probs.shape[1], -1).astype(np.float32))
         return np.concatenate(parts, axis=1)
-
-
-def resample_frame(frame: np.ndarray, factor: float) -> np.ndarray:
-    """The frame resampled by ``factor`` (new size = round(size x factor)): area averaging
-    when shrinking (no aliasing of lath textures), bilinear when enlarging."""
-    import cv2
-
-    h, w = frame.shape
-    size = (max(round(w * factor), 1), max(round(h * factor), 1))
-    if min(size) < 2:
-        raise ValueError(f"frame {w}x{h} resampled by {factor:.4g} to the model's pixel size "
-                         f"would be {size[0]}x{size[1]} pixels: too small to segment")
-    interp = cv2.INTER_AREA if factor < 1 else cv2.INTER_LINEAR
-    return np.ascontiguousarray(cv2.resize(frame, size, interpolation=interp))
-
-
-def _to_shape(labels: np.ndarray, probs: np.ndarray | None,
-              shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray | None]:
-    """Labels (nearest) and optional probabilities (bilinear) resampled to ``shape``."""
-    import cv2
-
-    size = (shape[1], shape[0])
-    out = cv2.resize(labels, size, interpolation=cv2.INTER_NEAREST)
-    if probs is not None:
-        probs = np.stack([cv2.resize(c, size, interpolation=cv2.INTER_LINEAR) for c in probs])
-    return out, probs
 
 
 def _shift_band(acc: np.ndarray, wsum: np.ndarray, rows: int) -> None:

@@ -105,6 +105,7 @@ class Sidecar:
     precision: str  # "fp32" | "fp16"
     engine: EngineInfo | None = None
     source: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint, onnx sha256, opset
+    pixel_size_m: float | None = None  # metres per pixel of the training frames (None: not normalised)
     sha256: str = ""
     file_name: str = ""
     created_by: str = f"phaseedge {__version__}"
@@ -152,6 +153,7 @@ class Sidecar:
             precision=d["precision"],
             engine=None if engine is None else EngineInfo.from_dict(engine),
             source=dict(d.get("source") or {}),
+            pixel_size_m=d.get("pixel_size_m"),
             sha256=d["sha256"],
             file_name=d.get("file_name", ""),
             created_by=d.get("created_by", ""),
@@ -385,6 +387,9 @@ def _validate(sc: Sidecar) -> None:
         raise bad(f"tile must be a positive integer, got {sc.tile!r}")
     if len(sc.batch) != 3 or not all(isinstance(b, int) for b in sc.batch) or not 1 <= sc.batch[0] <= sc.batch[1] <= sc.batch[2]:
         raise bad(f"batch must be integers 1 <= min <= opt <= max, got {list(sc.batch)}")
+    ps = sc.pixel_size_m
+    if ps is not None and (isinstance(ps, bool) or not isinstance(ps, (int, float)) or not 0 < ps < 1e-3):
+        raise bad(f"pixel_size_m must be a positive number of metres per pixel (< 1 mm) or null, got {ps!r}")
     if not isinstance(sc.normalization, dict) or "method" not in sc.normalization:
         raise bad(f"normalization must be a dict with a 'method', got {sc.normalization!r}")
     want_in, want_out = io_specs(sc.tile, sc.n_classes)

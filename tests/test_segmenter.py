@@ -392,17 +392,19 @@ def test_frames_are_resampled_to_the_model_pixel_size(affine):
     import cv2
 
     from phaseedge.io import Frame
-    from phaseedge.segmenter import resample_frame
+    from phaseedge.resample import resample_frame
 
     img = _frame((90, 120), seed=21)
     frame = Frame(pixels=img, path=None, pixel_size_m=10e-9, band_rows=0, bits=16)
     plain = Segmenter(affine)
     seg = Segmenter(affine, model_pixel_size_m=20e-9)  # the model saw 2x coarser pixels
     res = seg.segment(frame, return_probabilities=True)
-    # same as segmenting the half-size frame, then mapping labels back to the frame's grid
-    small = plain.segment(resample_frame(img, 0.5))
+    # same as segmenting the half-size frame, then taking the argmax of its probabilities
+    # resampled (bilinear) to the frame's grid: smooth boundaries at the frame's resolution
+    small = plain.segment(resample_frame(img, 0.5), return_probabilities=True)
     assert small.labels.shape == (45, 60)
-    expected = cv2.resize(small.labels, (120, 90), interpolation=cv2.INTER_NEAREST)
+    up = np.stack([cv2.resize(c, (120, 90), interpolation=cv2.INTER_LINEAR) for c in small.probabilities])
+    expected = up.argmax(axis=0).astype(np.uint8)
     assert res.labels.shape == img.shape and np.array_equal(res.labels, expected)
     assert res.probabilities.shape == (2, 90, 120)
     assert np.allclose(res.probabilities.sum(axis=0), 1.0, atol=1e-3)  # the graph outputs float16
@@ -417,6 +419,20 @@ def test_frames_are_resampled_to_the_model_pixel_size(affine):
     plain.close()
 
 
+def test_the_models_own_pixel_size_is_the_default(affine):
+    from phaseedge.io import Frame
+
+    img = _frame((90, 120), seed=22)
+    frame = Frame(pixels=img, path=None, pixel_size_m=10e-9, band_rows=0, bits=16)
+    explicit = Segmenter(affine, model_pixel_size_m=20e-9).segment(frame).labels
+    seg = Segmenter(affine)
+    seg.backend.pixel_size_m = 20e-9  # what a sidecar or checkpoint config with pixel_size_m gives
+    assert np.array_equal(seg.segment(frame).labels, explicit)
+    override = Segmenter(affine, model_pixel_size_m=10e-9)
+    override.backend.pixel_size_m = 20e-9
+    assert np.array_equal(override.segment(frame).labels, Segmenter(affine).segment(img).labels)
+
+
 @pytest.mark.parametrize("bad", [0, -1e-9, float("nan"), "20nm", True])
 def test_bad_model_pixel_size_is_refused(affine, bad):
     with pytest.raises(ValueError, match="model_pixel_size_m"):
@@ -424,7 +440,7 @@ def test_bad_model_pixel_size_is_refused(affine, bad):
 
 
 def test_resampling_to_nothing_is_refused():
-    from phaseedge.segmenter import resample_frame
+    from phaseedge.resample import resample_frame
 
     with pytest.raises(ValueError, match="too small"):
         resample_frame(np.zeros((10, 10), np.uint16), 0.1)

@@ -4,18 +4,21 @@ Every geometric change (position, flip, 90-degree and small-angle rotation, scal
 folded into one 2x3 matrix and resampled once with ``torch.nn.functional.grid_sample``
 straight from the whole normalised frame: bilinear for the image, nearest for the mask,
 mirrored outside the frame. One resample means no double interpolation and no crop
-margins to get wrong. Photometric changes (intensity, contrast, gamma) follow on the
-batch. All random draws come from one ``numpy.random.Generator`` so a run is seedable and
-its sampler state can be saved for resume.
+margins to get wrong. A share of crops (``class_centred``) is centred on a pixel of a class
+drawn uniformly among those in the frame, so rare phases are seen often (nnU-Net's
+foreground oversampling). Photometric changes (intensity, contrast, gamma, noise) follow
+on the batch. All random draws come from one ``numpy.random.Generator`` so a run is
+seedable and its sampler state can be saved for resume.
 
-The crop's ratio input (paper Sec. 2.1, App. A.2) is computed from the crop's own mask,
-perturbed like an expert's guess of random accuracy, and sometimes zeroed ("unknown").
+The PLM's ratio input (paper Sec. 2.1, App. A.2) is what deployment feeds: the *frame's*
+ratio as an expert of accuracy alpha would guess it (Eq. 4-5), the same vector for every
+crop of that frame, sometimes zeroed ("unknown"). ``RatioConfig.level = "crop"`` keeps the
+older per-crop reading (each crop its own ratio) for the ablation.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -38,6 +41,8 @@ class AugmentConfig:
     brightness: float = 0.08  # additive shift, uniform in [-b, b]
     contrast: tuple[float, float] = (0.8, 1.25)  # multiplicative about the crop mean, log-uniform
     gamma: tuple[float, float] = (0.75, 1.33)  # x ** g, log-uniform
+    noise: float = 0.0  # Gaussian noise, sigma uniform in [0, noise] per crop
+    class_centred: float = 0.0  # share of crops centred on a pixel of a uniformly drawn class
 
     @classmethod
     def from_dict(cls, d: dict) -> AugmentConfig:
@@ -48,8 +53,10 @@ class AugmentConfig:
             lo, hi = getattr(cfg, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"augment.{name} must be 0 < low <= high, got {(lo, hi)}")
-        if cfg.max_angle < 0 or cfg.brightness < 0:
-            raise ValueError("augment.max_angle and augment.brightness must be >= 0")
+        if cfg.max_angle < 0 or cfg.brightness < 0 or cfg.noise < 0:
+            raise ValueError("augment.max_angle, augment.brightness and augment.noise must be >= 0")
+        if not 0.0 <= cfg.class_centred <= 1.0:
+            raise ValueError(f"augment.class_centred must be in [0, 1], got {cfg.class_centred}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -62,6 +69,7 @@ class RatioConfig:
 
     alpha_min: float = 0.5  # guess accuracy alpha ~ U[alpha_min, 1]
     p_zero: float = 0.2  # probability that a crop gets the all-zero "unknown" ratio
+    level: str = "frame"  # "frame": the guess of the whole frame's ratio (as deployed); "crop": the crop's own
 
     @classmethod
     def from_dict(cls, d: dict) -> RatioConfig:
@@ -71,6 +79,8 @@ class RatioConfig:
             raise ValueError(f"ratio.alpha_min must be in [0, 1], got {cfg.alpha_min}")
         if not 0.0 <= cfg.p_zero <= 1.0:
             raise ValueError(f"ratio.p_zero must be in [0, 1], got {cfg.p_zero}")
+        if cfg.level not in ("frame", "crop"):
+            raise ValueError(f"ratio.level must be 'frame' or 'crop', got {cfg.level!r}")
         return cfg
 
     def to_dict(self) -> dict:
@@ -81,12 +91,24 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(math.exp(rng.uniform(math.log(lo), math.log(hi)))) if hi > lo else float(lo)
 
 
-def _crop_matrix(rng: np.random.Generator, h: int, w: int, tile: int, cfg: AugmentConfig) -> np.ndarray:
-    """2x3 matrix mapping centred output pixel offsets (u, v) to frame pixel coordinates (x, y)."""
+def _crop_matrix(
+    rng: np.random.Generator,
+    h: int,
+    w: int,
+    tile: int,
+    cfg: AugmentConfig,
+    centre: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """2x3 matrix mapping centred output pixel offsets (u, v) to frame pixel coordinates (x, y).
+    ``centre`` (x, y) asks for a crop around that pixel, moved inward as far as the frame allows."""
     half = (tile - 1) / 2.0
     # centre such that an unrotated crop lies inside the frame when the frame allows it
-    cx = rng.uniform(min(half, (w - 1) / 2), max(w - 1 - half, (w - 1) / 2))
-    cy = rng.uniform(min(half, (h - 1) / 2), max(h - 1 - half, (h - 1) / 2))
+    lo_x, hi_x = min(half, (w - 1) / 2), max(w - 1 - half, (w - 1) / 2)
+    lo_y, hi_y = min(half, (h - 1) / 2), max(h - 1 - half, (h - 1) / 2)
+    if centre is None:
+        cx, cy = rng.uniform(lo_x, hi_x), rng.uniform(lo_y, hi_y)
+    else:
+        cx, cy = float(np.clip(centre[0], lo_x, hi_x)), float(np.clip(centre[1], lo_y, hi_y))
     cx, cy = round(cx - half) + half, round(cy - half) + half  # on the pixel grid: no blur when unrotated
     k = int(rng.integers(4)) if cfg.rot90 else 0
     angle = math.radians(90.0 * k + (rng.uniform(-cfg.max_angle, cfg.max_angle) if cfg.max_angle else 0.0))
@@ -123,6 +145,9 @@ def photometric(images: torch.Tensor, rng: np.random.Generator, cfg: AugmentConf
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
     x = (x - mean) * contrast.view(view).to(x) + mean + shift.view(view).to(x)
     x = x.clamp(0.0, 1.0) ** gamma.view(view).to(x)
+    if cfg.noise:
+        sigma = rng.uniform(0.0, cfg.noise, b).astype(np.float32)
+        x = x + torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32) * sigma[:, None, None, None])
     return x.clamp(0.0, 1.0)
 
 
@@ -144,61 +169,35 @@ class CropSampler:
         self._base = torch.stack([u, v, torch.ones_like(u)], dim=-1)
         area = np.array([it.mask.size for it in items], np.float64)
         self._p = area / area.sum()
+        self._class_pixels = [_class_pixels(it.mask) for it in items] if self.cfg.class_centred else []
 
-    def sample(self, batch: int, rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return images float32 [B,1,T,T] in [0,1] and masks int64 [B,T,T]."""
+    def sample(
+        self, batch: int, rng: np.random.Generator, return_index: bool = False
+    ) -> tuple[torch.Tensor, ...]:
+        """Return images float32 [B,1,T,T] in [0,1] and masks int64 [B,T,T] (and with
+        ``return_index`` the frame each crop came from, int64 [B])."""
         idx = rng.choice(len(self.items), size=batch, p=self._p)
         imgs, labs = [], []
         for i in idx:
             h, w = self.items[i].mask.shape
-            mat = _crop_matrix(rng, h, w, self.tile, self.cfg)
+            centre = None
+            if self.cfg.class_centred and rng.random() < self.cfg.class_centred:
+                pixels = self._class_pixels[i]
+                ys, xs = pixels[int(rng.integers(len(pixels)))]
+                k = int(rng.integers(len(ys)))
+                centre = (float(xs[k]), float(ys[k]))
+            mat = _crop_matrix(rng, h, w, self.tile, self.cfg, centre)
             img, lab = _resample(self._frames[i], self._masks[i], mat, self._base)
             imgs.append(img)
             labs.append(lab)
         images = photometric(torch.stack(imgs), rng, self.cfg)
-        return images, torch.stack(labs).round().to(torch.int64)
+        masks = torch.stack(labs).round().to(torch.int64)
+        return (images, masks, torch.from_numpy(idx.astype(np.int64))) if return_index else (images, masks)
 
 
-def window_origins(h: int, w: int, tile: int, stride: int | None = None) -> list[tuple[int, int]]:
-    """Top-left corners of tiles covering an [h, w] frame; the last row/column is shifted to fit."""
-    stride = stride or tile
-
-    def axis(n: int) -> list[int]:
-        if n <= tile:
-            return [0]
-        starts = list(range(0, n - tile + 1, stride))
-        if starts[-1] != n - tile:
-            starts.append(n - tile)
-        return starts
-
-    return [(y, x) for y in axis(h) for x in axis(w)]
-
-
-def sliding_windows(
-    items: list[LabelledImage], tile: int, batch: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Validation crops: every frame covered by tiles, frames smaller than a tile mirrored to fit."""
-    imgs: list[np.ndarray] = []
-    labs: list[np.ndarray] = []
-    for it in items:
-        frame, mask = it.normalized, it.mask
-        ph, pw = max(0, tile - frame.shape[0]), max(0, tile - frame.shape[1])
-        if ph or pw:
-            frame = np.pad(frame, ((0, ph), (0, pw)), mode="symmetric")
-            mask = np.pad(mask, ((0, ph), (0, pw)), mode="symmetric")
-        for y, x in window_origins(*frame.shape, tile):
-            imgs.append(frame[y : y + tile, x : x + tile])
-            labs.append(mask[y : y + tile, x : x + tile])
-            if len(imgs) == batch:
-                yield _stack(imgs, labs)
-                imgs, labs = [], []
-    if imgs:
-        yield _stack(imgs, labs)
-
-
-def _stack(imgs: list[np.ndarray], labs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.from_numpy(np.stack(imgs)[:, None].astype(np.float32))
-    return images, torch.from_numpy(np.stack(labs).astype(np.int64))
+def _class_pixels(mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(rows, cols) of the pixels of each class present in ``mask``, in class order."""
+    return [np.nonzero(mask == c) for c in np.unique(mask)]
 
 
 def true_ratios(masks: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -208,14 +207,22 @@ def true_ratios(masks: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 def input_ratios(
-    masks: torch.Tensor, n_classes: int, rng: np.random.Generator, cfg: RatioConfig
+    masks: torch.Tensor,
+    n_classes: int,
+    rng: np.random.Generator,
+    cfg: RatioConfig,
+    frame_ratios: np.ndarray | None = None,
 ) -> torch.Tensor:
-    """The PLM's ratio input per crop: the crop's true ratio guessed at alpha ~ U[alpha_min, 1]
-    (Eq. 4-5), or all zeros ("unknown") with probability ``p_zero``."""
+    """The PLM's ratio input per crop: a true ratio guessed at alpha ~ U[alpha_min, 1]
+    (Eq. 4-5), or all zeros ("unknown") with probability ``p_zero``. The true ratio is the
+    crop's frame's (``frame_ratios`` [B, n], required for level "frame") or the crop's own."""
+    if cfg.level == "frame" and frame_ratios is None:
+        raise ValueError("ratio.level 'frame' needs the ratio of each crop's frame")
     out = np.zeros((masks.shape[0], n_classes), np.float32)
     for b, m in enumerate(masks.numpy()):
         if rng.random() < cfg.p_zero:
             continue
         alpha = rng.uniform(cfg.alpha_min, 1.0)
-        out[b] = ratio_ops.guess(ratio_ops.from_mask(m, n_classes), alpha)
+        truth = frame_ratios[b] if cfg.level == "frame" else ratio_ops.from_mask(m, n_classes)
+        out[b] = ratio_ops.guess(truth, alpha)
     return torch.from_numpy(out)

@@ -101,6 +101,7 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Seg
     model.load_state_dict(state, strict=True)
     model.config["class_names"] = config["class_names"]
     model.config["normalization"] = config["normalization"]
+    model.config["pixel_size_m"] = config.get("pixel_size_m")
     return model.to(map_location).eval()
 
 

@@ -14,7 +14,9 @@ way the runtime scales the tile that covers it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import csv
+import math
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -22,17 +24,20 @@ import numpy as np
 import tifffile
 
 from phaseedge import normalize, synth
+from phaseedge.resample import RESCALE_TOLERANCE, resample_frame, resample_mask
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 @dataclass
 class LabelledImage:
-    """One frame: ``image`` raw grey [H,W] (uint8/uint16/float32), ``mask`` uint8 [H,W]."""
+    """One frame: ``image`` raw grey [H,W] (uint8/uint16/float32), ``mask`` uint8 [H,W],
+    ``pixel_size_m`` metres per pixel when known."""
 
     name: str
     image: np.ndarray
     mask: np.ndarray
+    pixel_size_m: float | None = None
     normalized: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -44,6 +49,46 @@ class LabelledImage:
         """True phase fractions of the whole frame (Eq. 1), float64 [n]."""
         counts = np.bincount(self.mask.ravel(), minlength=n_classes)[:n_classes]
         return counts / max(1, self.mask.size)
+
+
+def read_pixel_sizes(path: str | Path) -> dict[str, float]:
+    """``image,pixel_size_m`` CSV (a header row, one image a row) -> {name: metres per pixel}."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pixel-size table not found: {path}")
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"image", "pixel_size_m"} <= set(rows[0]):
+        raise ValueError(f"{path}: expected a CSV with columns image,pixel_size_m")
+    out: dict[str, float] = {}
+    for i, row in enumerate(rows, start=2):
+        name = Path(row["image"].strip()).stem
+        try:
+            value = float(row["pixel_size_m"])
+        except ValueError:
+            raise ValueError(f"{path}:{i}: pixel_size_m {row['pixel_size_m']!r} is not a number") from None
+        if not (math.isfinite(value) and 0 < value < 1e-3):
+            raise ValueError(f"{path}:{i}: pixel_size_m must be metres per pixel in (0, 1e-3), got {value}")
+        if name in out:
+            raise ValueError(f"{path}:{i}: {name} is listed twice")
+        out[name] = value
+    return out
+
+
+def to_pixel_size(items: list[LabelledImage], target_m: float) -> list[LabelledImage]:
+    """Frames resampled to ``target_m`` metres per pixel with the runtime's resampler
+    (masks nearest); frames already within RESCALE_TOLERANCE are kept as they are."""
+    out = []
+    for it in items:
+        if it.pixel_size_m is None:
+            raise ValueError(f"{it.name}: no pixel size known; pass a pixel-size table (--pixel-sizes)")
+        factor = it.pixel_size_m / target_m
+        if abs(factor - 1.0) <= RESCALE_TOLERANCE:
+            out.append(it)
+            continue
+        image = resample_frame(it.image, factor)
+        out.append(replace(it, image=image, mask=resample_mask(it.mask, image.shape), pixel_size_m=target_m))
+    return out
 
 
 def read_split(path: str | Path) -> list[str]:
@@ -120,8 +165,14 @@ def _find_image(images_dir: Path, name: str) -> Path:
     )
 
 
-def load_folder(root: str | Path, n_classes: int, names: list[str] | None = None) -> list[LabelledImage]:
-    """Load ``root/images`` + ``root/labels``; ``names`` (a split) selects and orders images."""
+def load_folder(
+    root: str | Path,
+    n_classes: int,
+    names: list[str] | None = None,
+    pixel_sizes: dict[str, float] | None = None,
+) -> list[LabelledImage]:
+    """Load ``root/images`` + ``root/labels``; ``names`` (a split) selects and orders images;
+    ``pixel_sizes`` (from :func:`read_pixel_sizes`) must then name every image loaded."""
     root = Path(root)
     images_dir, labels_dir = root / "images", root / "labels"
     if not images_dir.is_dir() or not labels_dir.is_dir():
@@ -134,9 +185,15 @@ def load_folder(root: str | Path, n_classes: int, names: list[str] | None = None
             raise ValueError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
     if len(set(names)) != len(names):
         raise ValueError(f"{root}: split names repeat an image")
-    return [
+    items = [
         read_pair(p := _find_image(images_dir, n), labels_dir / f"{p.stem}.png", n_classes) for n in names
     ]
+    if pixel_sizes is not None:
+        missing = [it.name for it in items if it.name not in pixel_sizes]
+        if missing:
+            raise ValueError(f"the pixel-size table lacks {', '.join(missing[:5])}")
+        items = [replace(it, pixel_size_m=pixel_sizes[it.name]) for it in items]
+    return items
 
 
 def synthetic(

@@ -8,8 +8,13 @@ truth: ``none`` (zeros, "unknown"), a number α (the guess of Eq. 4-5 at accurac
 fractions match that same ratio (:func:`phaseedge.ratio.calibrate`); the PLM, if the model
 has one, still receives the ratio, so "PLM + calibrate" is both together.
 
-Dataset scores pool all pixels in one confusion matrix (:class:`phaseedge.metrics.ConfusionMatrix`);
-``fraction_mae`` is the mean over frames of each frame's mean absolute fraction error.
+Dataset scores pool all pixels in one confusion matrix (:class:`phaseedge.metrics.ConfusionMatrix`):
+per-class Dice and IoU are dataset-level (pooled), ``macro_dice`` / ``miou`` their mean over
+all classes, and each ``--group NAME=a,b,c`` adds ``group_dice[NAME]``, the mean pooled Dice
+over those classes (e.g. MetalDAM's three main phases). ``fraction_mae`` is the mean over
+frames of each frame's mean absolute fraction error. Frames with a known pixel size
+(``--pixel-sizes``) reach the Segmenter as `phaseedge.io.Frame`, so a model trained at one
+pixel size sees them resampled exactly as in deployment.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from phaseedge.train.data import LabelledImage, load_folder, read_split
+from phaseedge.train.data import LabelledImage, load_folder, read_pixel_sizes, read_split
 from tqdm import tqdm
 
 from phaseedge import ratio as ratio_ops
+from phaseedge.io import Frame
 from phaseedge.metrics import ConfusionMatrix
-from phaseedge.segmenter import Segmenter
+from phaseedge.segmenter import RATIO_MODES, Segmenter
 
 
 def parse_accuracy(text: str) -> float | str:
@@ -56,16 +62,40 @@ def simulated_ratio(truth: np.ndarray, accuracy: float | str) -> np.ndarray | No
     return ratio_ops.guess(truth, float(accuracy))
 
 
-def open_segmenter(model: Any, overlap: float = 0.25, batch_size: int | None = None) -> Segmenter:
+def open_segmenter(
+    model: Any,
+    overlap: float = 0.25,
+    batch_size: int | None = None,
+    ratio_mode: str = "global",
+    tta: bool = False,
+) -> Segmenter:
     """A Segmenter on ``model``: torch for a checkpoint directory or an nn.Module, else by file type."""
     torch_model = not isinstance(model, (str, Path)) or Path(model).is_dir()
     return Segmenter(
         model,
         backend="torch" if torch_model else "auto",
         overlap=overlap,
-        ratio_mode="global",
+        ratio_mode=ratio_mode,
         batch_size=batch_size,
+        tta=tta,
     )
+
+
+def as_frame(item: LabelledImage) -> Any:
+    """What a user hands the Segmenter: the raw frame, with its pixel size when known."""
+    if item.pixel_size_m is None:
+        return item.image
+    bits = 32 if item.image.dtype == np.float32 else 8 * item.image.dtype.itemsize
+    return Frame(pixels=item.image, path=Path(item.name), pixel_size_m=item.pixel_size_m, band_rows=0, bits=bits)
+
+
+def parse_group(text: str) -> tuple[str, list[str]]:
+    """``NAME=class,class,...`` -> (NAME, [classes])."""
+    name, sep, classes = text.partition("=")
+    members = [c.strip() for c in classes.split(",") if c.strip()]
+    if not sep or not name.strip() or not members:
+        raise argparse.ArgumentTypeError(f"a group looks like main3=matrix,austenite,ma; got {text!r}")
+    return name.strip(), members
 
 
 def _ignores_ratio(seg: Segmenter) -> bool:
@@ -80,6 +110,7 @@ def evaluate(
     accuracies: list[float | str] | tuple[float | str, ...] = ("none",),
     calibrations: tuple[bool, ...] = (False,),
     progress: bool = False,
+    groups: dict[str, list[str]] | None = None,
 ) -> list[dict]:
     """Scores of the Segmenter's model on ``items``, one dict per (accuracy, calibrate) pair.
 
@@ -89,6 +120,12 @@ def evaluate(
     if not items:
         raise ValueError("evaluate needs at least one image")
     n = seg.n_classes
+    names = list(seg.class_names)
+    groups = dict(groups or {})
+    for gname, members in groups.items():
+        unknown = sorted(set(members) - set(names))
+        if unknown:
+            raise ValueError(f"group {gname!r} names {unknown}, not among the model's classes {names}")
     keys = [(a, c) for a in accuracies for c in calibrations]
     cms = {k: ConfusionMatrix(n, list(seg.class_names)) for k in keys}
     errors: dict[tuple, list[float]] = {k: [] for k in keys}
@@ -101,7 +138,7 @@ def evaluate(
             r = simulated_ratio(truth, a)
             if probs is None or not shared:
                 probs = seg.segment(
-                    it.image, ratio=None if shared else r, return_probabilities=True
+                    as_frame(it), ratio=None if shared else r, return_probabilities=True
                 ).probabilities
                 bar.update()
             for c in calibrations:
@@ -116,7 +153,13 @@ def evaluate(
         summary = cms[(a, c)].summary()
         summary["pooled_fraction_mae"] = summary["fraction_mae"]
         summary["fraction_mae"] = float(np.mean(errors[(a, c)]))
-        summary.update(ratio_accuracy=a, calibrate=c, overlap=seg.overlap, images=len(items))
+        dice = summary["per_class_dice"]
+        summary["group_dice"] = {
+            g: (None if any(dice[m] is None for m in members) else float(np.mean([dice[m] for m in members])))
+            for g, members in groups.items()
+        }
+        summary.update(ratio_accuracy=a, calibrate=c, overlap=seg.overlap, images=len(items),
+                       ratio_mode=seg.ratio_mode, tta=seg.tta)
         out.append(summary)
     return out
 
@@ -150,6 +193,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--threads", type=int, default=1, help="torch CPU threads (default 1: best on a shared machine)"
     )
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1)")
+    p.add_argument("--ratio-mode", default="global", choices=RATIO_MODES, help="how the ratio is fed (Segmenter)")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes per tile)")
+    p.add_argument("--pixel-sizes", type=Path, help="CSV image,pixel_size_m: frames are resampled to the model's")
+    p.add_argument(
+        "--group",
+        type=parse_group,
+        action="append",
+        default=[],
+        help="NAME=class,class,...: also report the mean pooled Dice over these classes (repeatable)",
+    )
     p.add_argument("--batch-size", type=int, help="tiles per forward pass")
     p.add_argument("--synth-seeds", default="30000-30003", help="frames for --data synth (e.g. 1,2,5-9)")
     p.add_argument("--synth-size", type=int, default=1024, help="side of synthetic frames (--data synth)")
@@ -167,13 +220,17 @@ def run(args: argparse.Namespace) -> int:
     if not ckpt.exists():
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     calibrations = {"on": (True,), "off": (False,), "both": (False, True)}[args.calibrate]
-    with open_segmenter(ckpt, args.overlap, args.batch_size) as seg:
+    pixel_sizes = read_pixel_sizes(args.pixel_sizes) if args.pixel_sizes else None
+    with open_segmenter(ckpt, args.overlap, args.batch_size, args.ratio_mode, args.tta) as seg:
         n_classes = seg.n_classes
         if args.data == "synth":
             items = synthetic(parse_seeds(args.synth_seeds), (args.synth_size, args.synth_size), n_classes)
         else:
-            items = load_folder(args.data, n_classes, read_split(args.split) if args.split else None)
-        results = evaluate(seg, items, args.ratio_accuracy, calibrations, progress=not args.json)
+            split = read_split(args.split) if args.split else None
+            items = load_folder(args.data, n_classes, split, pixel_sizes)
+        results = evaluate(
+            seg, items, args.ratio_accuracy, calibrations, progress=not args.json, groups=dict(args.group)
+        )
     for r in results:
         r.update(checkpoint=str(ckpt), data=str(args.data), split=str(args.split) if args.split else None)
     out = results[0] if len(results) == 1 else results

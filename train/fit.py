@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from phaseedge.train.data import LabelledImage, load_folder, read_split, synthetic
+from phaseedge.train.data import LabelledImage, load_folder, read_pixel_sizes, read_split, synthetic
 from phaseedge.train.loop import FitConfig, fit
 
 #: synthetic training frames use seeds from here on; validation from SYNTH_VAL_SEED. Both are
@@ -52,6 +52,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-split", type=Path, help="list of training image names (labelled folder)")
     p.add_argument("--val-split", type=Path, help="list of validation image names (labelled folder)")
     p.add_argument("--out", type=Path, required=True, help="run directory")
+    p.add_argument(
+        "--pixel-sizes",
+        type=Path,
+        help="CSV image,pixel_size_m for a labelled folder (needed when the config sets pixel_size_m)",
+    )
     p.add_argument("--config", type=Path, help="JSON training config; flags below override it")
     p.add_argument("--class-names", help="comma-separated class names (their count is n_classes)")
     p.add_argument("--epochs", type=int)
@@ -113,9 +118,10 @@ def load_data(
             "a labelled folder needs the classes: pass --class-names (or class_names in --config)"
         )
     root = Path(args.data)
+    sizes = read_pixel_sizes(args.pixel_sizes) if args.pixel_sizes else None
     return (
-        load_folder(root, n_classes, read_split(args.train_split)),
-        load_folder(root, n_classes, read_split(args.val_split)),
+        load_folder(root, n_classes, read_split(args.train_split), sizes),
+        load_folder(root, n_classes, read_split(args.val_split), sizes),
     )
 
 

@@ -1,16 +1,23 @@
-"""The training loop: Adam on Dice+CE+ratio-MSE, validation by macro Dice, resumable state.
+"""The training loop: Adam on Dice+CE+ratio-MSE over a fixed number of iterations
+(epochs x steps), poly learning-rate decay, validation on whole frames, resumable state.
 
 ``OUT/`` after a run:
 - ``config.json``  the full :class:`FitConfig` (what to pass back with ``--config``)
 - ``log.jsonl``    one line per epoch: losses, validation metrics, gamma/delta of the PLM
 - ``state/``       resume point: trainable weights + buffers, Adam moments, epoch/step,
                    sampler and torch RNG (safetensors + JSON, no pickles)
-- ``best/``        the best epoch by validation macro Dice: a LoRA-merged checkpoint
+- ``best/``        the best epoch by validation Dice: a LoRA-merged checkpoint
                    (``phaseedge.train.checkpoint``) plus ``trainable.safetensors`` and ``metrics.json``
 
-Validation crops each validation frame into tiles (the last row/column shifted to fit) and
-gives each tile the guess of its own ratio at ``val_ratio_accuracy`` (the paper's 90 % by
-default; ``None`` = zeros). Whole-frame tiled evaluation with blending is ``evaluate.py``.
+Validation runs as deployment does: each whole validation frame goes through
+:class:`phaseedge.Segmenter` (tiles, overlap, blending, the model's pixel size) with the
+frame-level ratio an expert of accuracy ``val_ratio_accuracy`` would give (the paper's 90 %
+by default; ``None`` = no ratio), fed as ``val_ratio_mode`` feeds it. The best epoch is the
+one with the highest mean pooled Dice over ``select_classes`` (all classes when unset).
+
+Frames are resampled to one pixel size for training when ``pixel_size_m`` is set
+("median": the training frames' median), which is stored in the checkpoint so the runtime
+resamples the same way.
 """
 
 from __future__ import annotations
@@ -31,18 +38,16 @@ from phaseedge.train.augment import (
     CropSampler,
     RatioConfig,
     input_ratios,
-    sliding_windows,
     true_ratios,
 )
-from phaseedge.train.data import LabelledImage, class_frequencies
+from phaseedge.train.data import LabelledImage, class_frequencies, to_pixel_size
 from phaseedge.train.losses import LossConfig, resolve_class_weights, segmentation_loss
 from phaseedge.train.models import build_model, load_sam_checkpoint
 from phaseedge.train.settings import check_known
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from phaseedge import ratio as ratio_ops
-from phaseedge.metrics import ConfusionMatrix
+from phaseedge.segmenter import RATIO_MODES, Segmenter
 
 STATE_VERSION = 1
 
@@ -66,6 +71,10 @@ class FitConfig:
     amp: bool | None = None  # None: on when training on CUDA
     num_threads: int = 1  # OpenMP threads spin-wait when cores are shared: 1 is far faster on a busy box
     val_ratio_accuracy: float | None = 0.9
+    val_ratio_mode: str = "global"  # how validation feeds the ratio (a Segmenter ratio_mode)
+    select_classes: list[str] | None = None  # best epoch by mean Dice over these (None: all)
+    lr_schedule: str = "poly"  # "poly": lr * (1 - it / total) ** 0.9 (nnU-Net); "constant"
+    pixel_size_m: float | str | None = None  # train at one pixel size: metres, "median" or None
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -97,6 +106,15 @@ class FitConfig:
             raise ValueError(f"sam_checkpoint is for sam-* models, not {self.model!r}")
         if self.val_ratio_accuracy is not None and not 0 <= self.val_ratio_accuracy <= 1:
             raise ValueError(f"val_ratio_accuracy must be in [0, 1] or null, got {self.val_ratio_accuracy}")
+        if self.val_ratio_mode not in RATIO_MODES:
+            raise ValueError(f"val_ratio_mode must be one of {', '.join(RATIO_MODES)}, got {self.val_ratio_mode!r}")
+        if self.lr_schedule not in ("poly", "constant"):
+            raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
+        ps = self.pixel_size_m
+        if ps is not None and ps != "median" and (
+            isinstance(ps, bool) or not isinstance(ps, (int, float)) or not 0 < ps < 1e-3
+        ):
+            raise ValueError(f"pixel_size_m must be metres per pixel, 'median' or null, got {ps!r}")
         return self
 
     def resolved(self, train_items: list[LabelledImage]) -> FitConfig:
@@ -186,28 +204,34 @@ def load_state(out: Path, model, opt, scaler, rng: np.random.Generator) -> dict:
 
 
 # ------------------------------------------------------------------------ validation
-@torch.no_grad()
 def validate(
-    model,
+    model: torch.nn.Module,
     items: list[LabelledImage],
-    n_classes: int,
-    batch: int,
+    class_names: list[str],
     ratio_accuracy: float | None,
-    device: torch.device,
-    class_names: list[str] | None = None,
+    ratio_mode: str = "global",
+    select_classes: list[str] | None = None,
+    batch: int = 8,
 ) -> dict:
-    """Tile every validation frame, score all tiles' pixels in one confusion matrix."""
-    model.eval()
-    cm = ConfusionMatrix(n_classes, class_names)
-    for images, masks in sliding_windows(items, model.tile, batch):
-        if ratio_accuracy is None or not model.plm_enabled:
-            r = torch.zeros(images.shape[0], n_classes)
-        else:
-            truth = np.stack([ratio_ops.from_mask(m, n_classes) for m in masks.numpy()])
-            r = torch.from_numpy(ratio_ops.guess(truth, ratio_accuracy))
-        logits = model(images.to(device), r.to(device))
-        cm.update(logits.argmax(dim=1).cpu().numpy(), masks.numpy())
-    return cm.summary()
+    """Whole-frame scores through the Segmenter, as `phaseedge-train eval` computes them;
+    ``select_dice`` is the mean pooled Dice over ``select_classes`` (all when None)."""
+    from phaseedge.train.evaluate import evaluate
+
+    seg = Segmenter(model, backend="torch", ratio_mode=ratio_mode, batch_size=batch,
+                    backend_options={"class_names": list(class_names), "max_batch": batch})
+    accuracy = "none" if ratio_accuracy is None else ratio_accuracy
+    groups = {"select": list(select_classes or class_names)}
+    with seg:
+        result = evaluate(seg, items, [accuracy], groups=groups)[0]
+    result["select_dice"] = result["group_dice"]["select"]
+    return result
+
+
+def poly_lr(base: float, iteration: int, total: int, schedule: str) -> float:
+    """nnU-Net's poly decay, ``base * (1 - iteration / total) ** 0.9``, or the constant ``base``."""
+    if schedule == "constant":
+        return base
+    return base * (1.0 - min(iteration, total) / total) ** 0.9
 
 
 def plm_regulators(model: torch.nn.Module) -> dict[str, float]:
@@ -241,8 +265,18 @@ def fit(
     for it in train_items + val_items:
         if int(it.mask.max()) >= n_classes:
             raise ValueError(f"{it.name}: label {int(it.mask.max())} but only {n_classes} class names")
+    if cfg.pixel_size_m is not None:
+        known = [it.pixel_size_m for it in train_items + val_items]
+        if any(k is None for k in known):
+            raise ValueError("pixel_size_m is set but some frames have no pixel size (pass --pixel-sizes)")
+        if cfg.pixel_size_m == "median":
+            cfg.pixel_size_m = float(np.median([it.pixel_size_m for it in train_items]))
+        train_items = to_pixel_size(train_items, cfg.pixel_size_m)
     cfg = cfg.resolved(train_items)
     cfg.class_names = class_names
+    unknown = sorted(set(cfg.select_classes or []) - set(class_names))
+    if unknown:
+        raise ValueError(f"select_classes names {unknown}, not among the classes {class_names}")
     if not resume and (out / "state").exists():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -257,6 +291,7 @@ def fit(
         raise ValueError("amp needs a CUDA device")
 
     model = build_model(cfg.model, n_classes, plm=cfg.plm, tile=cfg.tile, **cfg.model_kwargs)
+    model.config["pixel_size_m"] = cfg.pixel_size_m
     if cfg.sam_checkpoint:  # frozen weights come from here, also on resume (the state holds trainables only)
         load_sam_checkpoint(model, cfg.sam_checkpoint)
     model = model.to(device)
@@ -265,7 +300,9 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     weights = torch.from_numpy(resolve_class_weights(cfg.loss, class_frequencies(train_items, n_classes)))
     sampler = CropSampler(train_items, cfg.tile, cfg.augment)
+    frame_ratios = np.stack([it.fractions(n_classes) for it in train_items])
     steps_per_epoch = math.ceil(cfg.crops_per_epoch / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
 
     start = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": None}
     if resume:
@@ -293,12 +330,14 @@ def fit(
                 if steps_run and time.monotonic() - t0 + val_seconds > budget:
                     stopped = True
                     break
-                images, masks = sampler.sample(cfg.batch_size, rng)
+                images, masks, frames = sampler.sample(cfg.batch_size, rng, return_index=True)
                 r_in = (
-                    input_ratios(masks, n_classes, rng, cfg.ratio)
+                    input_ratios(masks, n_classes, rng, cfg.ratio, frame_ratios[frames.numpy()])
                     if model.plm_enabled
                     else torch.zeros(masks.shape[0], n_classes)
                 )
+                for group in opt.param_groups:
+                    group["lr"] = poly_lr(cfg.lr, epoch * steps_per_epoch + step, total_steps, cfg.lr_schedule)
                 r_true = true_ratios(masks, n_classes)
                 images, masks, r_in, r_true = (t.to(device) for t in (images, masks, r_in, r_true))
                 with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
@@ -320,15 +359,18 @@ def fit(
             epoch_complete = step_end >= steps_per_epoch
             tv = time.monotonic()
             metrics = validate(
-                model, val_items, n_classes, cfg.batch_size, cfg.val_ratio_accuracy, device, class_names
+                model, val_items, class_names, cfg.val_ratio_accuracy, cfg.val_ratio_mode,
+                cfg.select_classes, cfg.batch_size,
             )
             val_seconds = time.monotonic() - tv
-            dice = metrics["macro_dice"] if metrics["macro_dice"] is not None else -1.0
+            dice = metrics["select_dice"] if metrics["select_dice"] is not None else -1.0
             record = {
                 "epoch": epoch + 1,
                 "complete": epoch_complete,
                 "steps": done,
                 "minutes": round((time.monotonic() - t0) / 60.0, 3),
+                "val_minutes": round(val_seconds / 60.0, 3),
+                "lr": opt.param_groups[0]["lr"],
                 "train": {k: v / done for k, v in sums.items()},
                 "val": metrics,
                 "plm": plm_regulators(model),
@@ -342,7 +384,7 @@ def fit(
             if progress:
                 tqdm.write(
                     f"epoch {epoch + 1}: loss {record['train'].get('loss', float('nan')):.4f} "
-                    f"val macro Dice {dice:.4f} (best {best['dice']:.4f} @ {best['epoch']})"
+                    f"val Dice {dice:.4f} (best {best['dice']:.4f} @ {best['epoch']})"
                 )
             if epoch_complete:
                 epoch, step0 = epoch + 1, 0

@@ -33,6 +33,7 @@ class Backend(abc.ABC):
     - ``normalization``: the per-frame normalisation dict from the sidecar/config
     - ``precision``: "fp32", "fp16", ... (what actually runs, for reports)
     - ``device``: human-readable description of where it runs (e.g. "CPU", "cuda:0")
+    - ``pixel_size_m``: metres per pixel of the model's training frames, or None
     """
 
     name: str = "base"
@@ -43,6 +44,7 @@ class Backend(abc.ABC):
     normalization: dict[str, Any] = DEFAULT_NORMALIZATION
     precision: str = "fp32"
     device: str = "CPU"
+    pixel_size_m: float | None = None
 
     @abc.abstractmethod
     def infer(self, images: np.ndarray, ratio: np.ndarray) -> np.ndarray:

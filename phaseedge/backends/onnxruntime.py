@@ -71,6 +71,7 @@ class OnnxRuntimeBackend(Backend):
         self.n_classes = sc.n_classes
         self.class_names = tuple(sc.class_names)
         self.normalization = dict(sc.normalization)
+        self.pixel_size_m = sc.pixel_size_m
         self.precision = sc.precision
         self.max_batch = sc.batch[2]
         self.gpu_id = int(device)

@@ -351,6 +351,7 @@ class TensorRTBackend(Backend):
         self.n_classes = sc.n_classes
         self.class_names = tuple(sc.class_names)
         self.normalization = dict(sc.normalization)
+        self.pixel_size_m = sc.pixel_size_m
         self.precision = sc.precision
         if max_batch is None:
             self.max_batch = sc.batch[2]

@@ -63,6 +63,7 @@ class TorchBackend(Backend):
         self.n_classes = module.n_classes
         self.class_names = tuple(str(c) for c in names)
         self.normalization = dict(config.get("normalization") or DEFAULT_NORMALIZATION)
+        self.pixel_size_m = config.get("pixel_size_m")
         self.max_batch = max_batch
         first = next(module.parameters(), None)
         self._torch_device = first.device if first is not None else torch.device("cpu")

@@ -111,4 +111,5 @@ def make_config(
         "lora_rank": lora_rank,
         "lora_alpha": lora_alpha,
         "merged": False,
+        "pixel_size_m": None,  # set by training when frames are resampled to one pixel size
     }

@@ -11,7 +11,7 @@ from typing import Any
 
 from phaseedge.train.models.common import SegmentationModel, make_config
 from phaseedge.train.models.sam import LoRASam
-from phaseedge.train.models.unet import UNet
+from phaseedge.train.models.unet import PLM_PLACEMENTS, UNet
 
 # SAM image encoders as in segment_anything/build_sam.py (patch 16, MLP ratio 4, window 14,
 # relative positions, qkv bias, LayerNorm eps 1e-6, neck to 256 channels).
@@ -157,15 +157,16 @@ def _build_sam(
 def _build_unet(
     name: str, spec: UNetSpec, n_classes: int, plm: bool, tile: int, overrides: dict[str, Any]
 ) -> UNet:
-    _check_overrides(name, overrides, ("width", "depth"))
+    _check_overrides(name, overrides, ("width", "depth", "plm_at"))
     width = overrides.get("width", spec.width)
     depth = overrides.get("depth", spec.depth)
+    plm_at = overrides.get("plm_at", PLM_PLACEMENTS[0])
     for key, value in (("width", width), ("depth", depth)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{key} must be an integer, got {value!r}")
     config = make_config(
         architecture=name,
-        arch_kwargs={"width": width, "depth": depth},
+        arch_kwargs={"width": width, "depth": depth, "plm_at": plm_at},
         n_classes=n_classes,
         tile=tile,
         plm=plm,
@@ -176,6 +177,7 @@ def _build_unet(
         n_classes=n_classes,
         tile=tile,
         plm=plm,
+        plm_at=plm_at,
         config=config,
         attention=spec.attention,
     )

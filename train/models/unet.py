@@ -1,4 +1,10 @@
-"""U-Net baselines with the same Phase Learning Module before their 1x1 classifier.
+"""U-Net baselines with the Phase Learning Module at the bottleneck (default) or before the
+1x1 classifier (``plm_at="decoder"``).
+
+At the bottleneck the PLM acts on width * 2**depth channels (256 for width 16, depth 4: the
+channel count of SAM's embedding and of the paper's Table 6), and the whole decoder can turn
+the ratio into shapes; on the last decoder level it can only rescale ``width`` channels.
+docs/results.md measures both.
 
 ``unet`` is a plain U-Net, small enough to train on a 2-core CPU at tile 256 (width 16, depth 4,
 1.94M parameters); ``attention-unet`` adds additive attention gates on the skip connections
@@ -13,6 +19,9 @@ import torch
 from phaseedge.train.models.common import SegmentationModel
 from phaseedge.train.models.plm import PhaseLearningModule
 from torch import nn
+
+#: where the PLM sits; the first is the default
+PLM_PLACEMENTS = ("bottleneck", "decoder")
 
 
 def _double_conv(cin: int, cout: int) -> nn.Sequential:
@@ -54,6 +63,7 @@ class UNet(SegmentationModel):
         tile: int,
         plm: bool,
         config: dict[str, Any],
+        plm_at: str = PLM_PLACEMENTS[0],
         attention: bool = False,
     ) -> None:
         super().__init__(n_classes=n_classes, tile=tile, config=config)
@@ -61,6 +71,9 @@ class UNet(SegmentationModel):
             raise ValueError(f"U-Net width and depth must be >= 1, got width={width}, depth={depth}")
         if tile % (2**depth):
             raise ValueError(f"tile {tile} must be divisible by 2**depth = {2**depth}")
+        if plm_at not in PLM_PLACEMENTS:
+            raise ValueError(f"plm_at must be one of {', '.join(PLM_PLACEMENTS)}, got {plm_at!r}")
+        self.plm_at = plm_at
         chans = [width * 2**i for i in range(depth + 1)]
         self.down = nn.ModuleList([_double_conv(1, chans[0])])
         self.down.extend(_double_conv(chans[i], chans[i + 1]) for i in range(depth))
@@ -73,7 +86,8 @@ class UNet(SegmentationModel):
         self.gates = (
             nn.ModuleList(AttentionGate(chans[i]) for i in reversed(range(depth))) if attention else None
         )
-        self.plm = PhaseLearningModule(width, n_classes) if plm else None
+        plm_channels = chans[-1] if plm_at == "bottleneck" else width
+        self.plm = PhaseLearningModule(plm_channels, n_classes) if plm else None
         self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
 
     def forward(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
@@ -84,12 +98,14 @@ class UNet(SegmentationModel):
             x = block(self.pool(x))
             skips.append(x)
         skips.pop()
+        if self.plm is not None and self.plm_at == "bottleneck":
+            x = self.plm(x, ratio)
         for level, (up, conv) in enumerate(zip(self.up, self.up_conv)):
             x = up(x)
             skip = skips.pop()
             if self.gates is not None:
                 skip = self.gates[level](x, skip)
             x = conv(torch.cat([skip, x], dim=1))
-        if self.plm is not None:
+        if self.plm is not None and self.plm_at == "decoder":
             x = self.plm(x, ratio)
         return self.classifier(x)
