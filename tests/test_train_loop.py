@@ -74,12 +74,19 @@ def _state(out):
     )
 
 
-def test_resume_gives_the_same_state(frames, tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "poly"])
+def test_resume_gives_the_same_state(frames, tmp_path, schedule):
+    """Constant lr: a run extended from 1 to 2 epochs equals a 2-epoch run. Poly lr (which
+    depends on the total): a 2-epoch run stopped after its first step and resumed equals it."""
     train, val = frames
     straight, split = tmp_path / "straight", tmp_path / "split"
-    fit(_cfg(epochs=2), train, val, straight, progress=False)
-    fit(_cfg(epochs=1), train, val, split, progress=False)
-    fit(_cfg(epochs=2), train, val, split, resume=True, progress=False)
+    fit(_cfg(epochs=2, lr_schedule=schedule), train, val, straight, progress=False)
+    if schedule == "constant":
+        fit(_cfg(epochs=1, lr_schedule=schedule), train, val, split, progress=False)
+    else:
+        stopped = fit(_cfg(epochs=2, max_minutes=1e-6), train, val, split, progress=False)
+        assert stopped["stopped_by_time"]
+    fit(_cfg(epochs=2, lr_schedule=schedule), train, val, split, resume=True, progress=False)
     (wa, oa), (wb, ob) = _state(straight), _state(split)
     assert wa.keys() == wb.keys() and oa.keys() == ob.keys()
     for k in wa:
@@ -89,7 +96,8 @@ def test_resume_gives_the_same_state(frames, tmp_path):
     logs = [
         [json.loads(line) for line in (d / "log.jsonl").read_text().splitlines()] for d in (straight, split)
     ]
-    assert [r["train"] for r in logs[0]] == [r["train"] for r in logs[1]]
+    if schedule == "constant":  # same epoch boundaries; the stopped run logs a partial epoch
+        assert [r["train"] for r in logs[0]] == [r["train"] for r in logs[1]]
     assert json.loads((straight / "state" / "state.json").read_text())["progress"]["epoch"] == 2
 
 
@@ -101,7 +109,8 @@ def test_best_checkpoint_and_log(frames, tmp_path):
     assert len(records) == 2
     assert {"loss", "ce", "dice_loss", "ratio_mse"} <= set(records[0]["train"])
     assert set(records[0]["plm"]) == {"plm.gamma", "plm.delta"}
-    best = max(records, key=lambda r: r["val"]["macro_dice"])
+    best = max(records, key=lambda r: r["val"]["select_dice"])
+    assert all(r["val"]["select_dice"] == r["val"]["macro_dice"] for r in records)  # all classes by default
     assert summary["best_epoch"] == best["epoch"]
     model = checkpoint.load(out / "best")
     assert model.plm_enabled and model.config["class_names"] == NAMES
@@ -114,6 +123,25 @@ def test_time_budget_stops_cleanly(frames, tmp_path):
     summary = fit(_cfg(epochs=50, max_minutes=1e-4, plm=False), train, val, tmp_path / "t", progress=False)
     assert summary["stopped_by_time"] and summary["best_epoch"] == 1
     assert not checkpoint.load(tmp_path / "t" / "best").plm_enabled
+
+
+def test_poly_schedule_decays_to_zero():
+    from phaseedge.train.loop import poly_lr
+
+    assert poly_lr(1e-3, 0, 100, "poly") == 1e-3 and poly_lr(1e-3, 100, 100, "poly") == 0.0
+    assert 0 < poly_lr(1e-3, 50, 100, "poly") < 1e-3 and poly_lr(1e-3, 50, 100, "constant") == 1e-3
+
+
+def test_training_at_one_pixel_size_is_recorded_in_the_checkpoint(frames, tmp_path):
+    import dataclasses
+
+    train, val = frames
+    train = [dataclasses.replace(train[0], pixel_size_m=10e-9), dataclasses.replace(train[1], pixel_size_m=30e-9)]
+    val = [dataclasses.replace(val[0], pixel_size_m=20e-9)]
+    fit(_cfg(epochs=1, pixel_size_m="median"), train, val, tmp_path / "px", progress=False)
+    assert checkpoint.load(tmp_path / "px" / "best").config["pixel_size_m"] == pytest.approx(20e-9)
+    with pytest.raises(ValueError, match="pixel size"):
+        fit(_cfg(epochs=1, pixel_size_m=2e-8), frames[0], frames[1], tmp_path / "nopx", progress=False)
 
 
 def test_bad_settings_are_refused():

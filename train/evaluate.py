@@ -154,10 +154,9 @@ def evaluate(
         summary["pooled_fraction_mae"] = summary["fraction_mae"]
         summary["fraction_mae"] = float(np.mean(errors[(a, c)]))
         dice = summary["per_class_dice"]
-        summary["group_dice"] = {
-            g: (None if any(dice[m] is None for m in members) else float(np.mean([dice[m] for m in members])))
-            for g, members in groups.items()
-        }
+        # the macro convention: classes in neither truth nor prediction (None) are left out
+        defined = {g: [dice[m] for m in members if dice[m] is not None] for g, members in groups.items()}
+        summary["group_dice"] = {g: float(np.mean(v)) if v else None for g, v in defined.items()}
         summary.update(ratio_accuracy=a, calibrate=c, overlap=seg.overlap, images=len(items),
                        ratio_mode=seg.ratio_mode, tta=seg.tta)
         out.append(summary)
