@@ -1,6 +1,7 @@
 """Dice vs. ratio accuracy (paper Figure 9 style) from ``phaseedge-train eval --json`` sweeps.
 
 usage: python scripts/plot_ratio_accuracy.py BASELINE.json PLM.json OUT.png [--extra LABEL=FILE] [--title T]
+       [--group NAME]   (plot group_dice[NAME], e.g. main3, instead of the 5-class macro Dice)
 
 The baseline (no PLM, no ratio) is a horizontal line; the PLM model and prior-shift
 calibration of either model are curves over the simulated expert's accuracy α ("none" =
@@ -16,9 +17,12 @@ import json
 from phaseedge.bench.plots import dice_vs_alpha
 
 
-def _curve(results: list[dict], calibrate: bool) -> dict[str, float]:
-    """{α label: macro Dice in %} for one calibration setting of an eval sweep."""
-    return {str(r["ratio_accuracy"]): 100.0 * r["macro_dice"] for r in results if r["calibrate"] == calibrate}
+def _curve(results: list[dict], calibrate: bool, group: str | None = None) -> dict[str, float]:
+    """{α label: Dice in %} for one calibration setting of an eval sweep (macro, or a group's)."""
+    def score(r: dict) -> float:
+        return r["group_dice"][group] if group else r["macro_dice"]
+
+    return {str(r["ratio_accuracy"]): 100.0 * score(r) for r in results if r["calibrate"] == calibrate}
 
 
 def main() -> None:
@@ -28,6 +32,7 @@ def main() -> None:
     ap.add_argument("out", help="PNG to write")
     ap.add_argument("--extra", action="append", default=[], metavar="LABEL=FILE",
                     help="another PLM eval JSON drawn as its own curve (e.g. a shorter run)")
+    ap.add_argument("--group", help="plot this eval group's Dice (e.g. main3) instead of macro Dice")
     ap.add_argument("--title", default="MetalDAM validation: macro Dice (%) vs. ratio accuracy")
     args = ap.parse_args()
     with open(args.baseline) as f:
@@ -35,15 +40,15 @@ def main() -> None:
     with open(args.plm) as f:
         plm = json.load(f)
     curves = {
-        "U-Net + PLM": _curve(plm, False),
-        "U-Net + PLM + calibration": _curve(plm, True),
-        "U-Net + calibration": _curve(base, True),
+        "U-Net + PLM": _curve(plm, False, args.group),
+        "U-Net + PLM + calibration": _curve(plm, True, args.group),
+        "U-Net + calibration": _curve(base, True, args.group),
     }
     for spec in args.extra:
         label, _, path = spec.partition("=")
         with open(path) as f:
-            curves[label] = _curve(json.load(f), False)
-    baseline = _curve(base, False)["none"]
+            curves[label] = _curve(json.load(f), False, args.group)
+    baseline = _curve(base, False, args.group)["none"]
     out = dice_vs_alpha(curves, {"U-Net baseline (no ratio)": baseline}, args.out, title=args.title)
     print(f"wrote {out}")
 

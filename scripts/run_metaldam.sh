@@ -1,25 +1,35 @@
 #!/usr/bin/env bash
-# MetalDAM results of docs/results.md: U-Net and U-Net+PLM (same config, same seed, same time
-# budget), one after the other, then whole-frame eval on the validation split at ratio accuracy
-# none / 0.5 / 0.662 / 0.9 / exact, with and without prior-shift calibration.
+# MetalDAM results of docs/results.md, exactly as reported: pixel sizes from the scale bars,
+# U-Net + PLM and its baseline (--no-plm) from train/configs/metaldam-unet.json (fixed iteration
+# count, seed 0, one thread: deterministic), then whole-frame eval of each on the validation
+# split at ratio accuracy none / 0.5 / 0.662 / 0.9 / exact, with and without prior-shift
+# calibration, with and without flip TTA, reporting the 3-main-phase and 4-class groups.
 # MetalDAM has no licence: it is read from ../shared and nothing derived from it but numbers
-# leaves runs/ (git-ignored).
+# leaves runs/ (git-ignored). The two fits run in parallel (one core each).
 #
-# usage: scripts/run_metaldam.sh [MINUTES_PER_MODEL] [RUNS_DIR]   (defaults: 20, runs)
+# usage: scripts/run_metaldam.sh [RUNS_DIR]   (default runs; METALDAM=path overrides the data)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MINUTES=${1:-20}
-RUNS=${2:-runs}
+RUNS=${1:-runs}
 DATA=${METALDAM:-../shared/data/metaldam}
 BIN=.venv/bin
-for variant in unet unet-plm; do
-    flag=""; [ "$variant" = unet ] && flag="--no-plm"
+mkdir -p "$RUNS"
+"$BIN/python" scripts/metaldam_pixel_sizes.py "$DATA" "$RUNS/metaldam_pixel_sizes.csv"
+for variant in plm base; do
+    flag=""; [ "$variant" = base ] && flag="--no-plm"
     "$BIN/phaseedge-train" fit --config train/configs/metaldam-unet.json $flag --data "$DATA" \
         --train-split "$DATA/splits/train.txt" --val-split "$DATA/splits/val.txt" \
-        --max-minutes "$MINUTES" --out "$RUNS/metaldam-$variant" --no-progress
+        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --out "$RUNS/md-$variant" --no-progress \
+        > "$RUNS/md-$variant.log" 2>&1 &
 done
-for variant in unet unet-plm; do
-    "$BIN/phaseedge-train" eval "$RUNS/metaldam-$variant/best" --data "$DATA" --split "$DATA/splits/val.txt" \
-        --ratio-accuracy none,0.5,0.662,0.9,exact --calibrate both --json > "$RUNS/metaldam-$variant/eval.json"
+wait
+GROUP_ARGS=(--group main3=matrix,austenite,martensite_austenite
+        --group macro4=matrix,austenite,martensite_austenite,defect)
+for variant in plm base; do
+    for tta in "" --tta; do
+        "$BIN/phaseedge-train" eval "$RUNS/md-$variant/best" --data "$DATA" --split "$DATA/splits/val.txt" \
+            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact \
+            --calibrate both "${GROUP_ARGS[@]}" $tta --json > "$RUNS/md-$variant/eval${tta:+-tta}.json"
+    done
 done
-echo "done: $RUNS/metaldam-unet/eval.json $RUNS/metaldam-unet-plm/eval.json"
+echo "done: $RUNS/md-{plm,base}/eval{,-tta}.json"
