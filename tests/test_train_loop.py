@@ -151,3 +151,25 @@ def test_bad_settings_are_refused():
         FitConfig.from_dict({"ratio": {"alpha_min": 1.5}})
     with pytest.raises(ValueError, match="batch_size"):
         FitConfig.from_dict({"batch_size": 0})
+
+
+def test_set_overrides_nested_config_settings(tmp_path):
+    import argparse
+
+    from phaseedge.train.fit import build_config, parse_override
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"model": "unet", "class_names": NAMES, "pixel_size_m": "median",
+                                  "model_kwargs": {"width": 16}, "augment": {"noise": 0.03}}))
+    args = argparse.Namespace(
+        config=config, resume=False, out=tmp_path / "o", no_plm=False, class_names=None,
+        model=None, epochs=None, max_minutes=None, tile=None, batch_size=None, lr=None, seed=None,
+        threads=None, sam_checkpoint=None,
+        overrides=[parse_override(s) for s in ("pixel_size_m=null", "model_kwargs.plm_at=decoder",
+                                               "augment.noise=0", "ratio.level=crop")],
+    )
+    cfg = build_config(args)
+    assert cfg.pixel_size_m is None and cfg.model_kwargs == {"width": 16, "plm_at": "decoder"}
+    assert cfg.augment.noise == 0 and cfg.ratio.level == "crop"
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_override("no-equals-sign")

@@ -33,6 +33,30 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``a.b=JSON`` -> (["a", "b"], value); a value that is not JSON is taken as a string."""
+    key, sep, raw = text.partition("=")
+    path = [k for k in key.strip().split(".") if k]
+    if not sep or not path:
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return path, value
+
+
+def apply_override(config: dict, path: list[str], value: object) -> None:
+    """Set ``config[path[0]]...[path[-1]] = value``, creating nested dicts on the way."""
+    node = config
+    for k in path[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ValueError(f"--set {'.'.join(path)}: {k} is not a group of settings")
+        node = child
+    node[path[-1]] = value
+
+
 def synth_split(
     n_train: int, n_val: int, size: int, n_classes: int
 ) -> tuple[list[LabelledImage], list[LabelledImage]]:
@@ -59,6 +83,16 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--config", type=Path, help="JSON training config; flags below override it")
     p.add_argument("--class-names", help="comma-separated class names (their count is n_classes)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        type=parse_override,
+        metavar="KEY=JSON",
+        help="override one config setting, dotted for nested ones: --set pixel_size_m=null "
+        "--set model_kwargs.plm_at='\"decoder\"' --set augment.noise=0 (repeatable; applied after --config)",
+    )
     p.add_argument("--epochs", type=int)
     p.add_argument("--max-minutes", type=float, help="stop cleanly after this long, keeping the best epoch")
     p.add_argument("--no-plm", action="store_true", help="baseline without the Phase Learning Module")
@@ -98,6 +132,8 @@ def build_config(args: argparse.Namespace) -> FitConfig:
         "num_threads": args.threads,
         "sam_checkpoint": args.sam_checkpoint,
     }
+    for path, value in getattr(args, "overrides", []):
+        apply_override(base, path, value)
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.no_plm:
         base["plm"] = False
