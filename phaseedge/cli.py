@@ -23,14 +23,48 @@ from phaseedge import __version__
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
-def _ratio_arg(text: str) -> list[float]:
-    try:
-        values = [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"ratio must be comma-separated numbers, got {text!r}") from None
-    if not values:
+def _ratio_arg(text: str) -> list[float] | dict[str, float]:
+    """``0.6,0.3,0.1`` (the model's class order) or ``ferrite=0.6,martensite=0.3,...``."""
+    parts = [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
+    if not parts:
         raise argparse.ArgumentTypeError("ratio is empty")
-    return values
+    named = ["=" in p for p in parts]
+    if any(named) and not all(named):
+        raise argparse.ArgumentTypeError(f"give every phase by name or none: {text!r}")
+    try:
+        if all(named):
+            out: dict[str, float] = {}
+            for p in parts:
+                name, _, value = p.partition("=")
+                if name.strip().lower() in (k.lower() for k in out):
+                    raise argparse.ArgumentTypeError(f"ratio names {name.strip()!r} twice")
+                out[name.strip()] = float(value)
+            return out
+        return [float(v) for v in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"ratio must be numbers (0.6,0.3,0.1) or name=number pairs (ferrite=0.6,...), got {text!r}"
+        ) from None
+
+
+def read_ratio_file(path: Path) -> dict[str, dict[str, float]]:
+    """``image,<class>,<class>,...`` CSV -> {image stem: {class: value}}; one row per image."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--ratio-file {path} not found")
+    with path.open(newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or reader.fieldnames[0].strip().lower() != "image":
+            raise ValueError(f"{path}: the first column must be 'image', then one column per phase")
+        out: dict[str, dict[str, float]] = {}
+        for line, row in enumerate(reader, start=2):
+            stem = Path(row["image"].strip()).stem
+            if stem in out:
+                raise ValueError(f"{path}:{line}: {stem} has two rows")
+            try:
+                out[stem] = {k.strip(): float(v) for k, v in row.items() if k != "image" and v not in (None, "")}
+            except ValueError:
+                raise ValueError(f"{path}:{line}: every phase column must hold a number") from None
+    return out
 
 
 def _crop_arg(text: str) -> tuple[int, int]:
@@ -54,7 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
                      help="model .onnx/.engine (with sidecar), checkpoint dir, or 'default' (bundled)")
     seg.add_argument("--out", type=Path, required=True, help="output directory (created)")
     seg.add_argument("--ratio", type=_ratio_arg, default=None,
-                     help="expert phase ratio in the model's class order, e.g. 0.6,0.3,0.1 (default: unknown)")
+                     help="expert phase ratio by name, e.g. ferrite=0.6,martensite=0.3,bainite=0.1 (case-"
+                          "insensitive; phases left out count 0), or in the model's class order, e.g. "
+                          "0.6,0.3,0.1 (default: unknown; an unknown name lists the model's classes)")
+    seg.add_argument("--ratio-file", type=Path, default=None,
+                     help="CSV with one row per image: image,<phase>,<phase>,... (overrides --ratio for "
+                          "the images it lists)")
+    seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, slower)")
     seg.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
     seg.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
     seg.add_argument("--blend", default="gaussian", choices=("gaussian", "center"))
@@ -94,9 +134,14 @@ def segment_command(args: argparse.Namespace) -> int:
     try:
         seg = Segmenter(args.model, backend=args.backend, device=args.device, overlap=args.overlap,
                         blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode,
-                        model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9)
+                        model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9,
+                        tta=args.tta)
         seg.__enter__()  # load now: a model that does not load is one message, not N
-        ratio = ratio_mod.validate(args.ratio, seg.n_classes)
+        ratio = ratio_mod.validate(args.ratio, seg.n_classes, seg.class_names)
+        per_image = {}
+        if args.ratio_file is not None:  # every row is checked before the first image runs
+            per_image = {stem: ratio_mod.validate(r, seg.n_classes, seg.class_names)
+                         for stem, r in read_ratio_file(args.ratio_file).items()}
     except (OSError, ImportError, ValueError, TypeError, RuntimeError) as exc:
         return _fail(f"{exc}")
     try:
@@ -125,7 +170,8 @@ def segment_command(args: argparse.Namespace) -> int:
             row: dict[str, Any] = {"image": str(path), "error": ""}
             try:
                 frame = fut.result()
-                result = seg.segment(frame, ratio=ratio)
+                frame_ratio = per_image.get(path.stem, ratio)
+                result = seg.segment(frame, ratio=frame_ratio)
                 labels_png = args.out / f"{stem}_labels.png"
                 _write_png(cv2, labels_png, result.labels)
                 outputs = {"labels": labels_png.name}

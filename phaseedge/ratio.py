@@ -10,6 +10,9 @@ match a given ratio.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 import numpy as np
 
 #: ratios below this are raised to it before calibration (a zero would need log 0 = -inf)
@@ -68,16 +71,48 @@ def guess(true_ratio, accuracy) -> np.ndarray:
     return (a * p + (1.0 - a) * (1.0 - p) / (n - 1)).astype(np.float32)
 
 
-def validate(ratio, n_classes: int) -> np.ndarray | None:
+def by_name(ratio: Mapping[str, Any], class_names: Sequence[str]) -> list[float]:
+    """``{"martensite": 0.3, ...}`` -> a vector in the model's class order; names match
+    case-insensitively, classes not named get 0."""
+    lookup = {c.lower(): i for i, c in enumerate(class_names)}
+    out = [0.0] * len(class_names)
+    seen: dict[int, str] = {}
+    for name, value in ratio.items():
+        if not isinstance(name, str):
+            raise TypeError(f"ratio keys must be class names, got {name!r}")
+        i = lookup.get(name.strip().lower())
+        if i is None:
+            raise ValueError(f"ratio names {name!r}, which is not a class of this model "
+                             f"({', '.join(class_names)})")
+        if i in seen:
+            raise ValueError(f"ratio names {class_names[i]!r} twice ({seen[i]!r} and {name!r})")
+        seen[i] = name
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+            raise TypeError(f"ratio for {name!r} must be a number, got {value!r}")
+        out[i] = float(value)
+    return out
+
+
+def validate(ratio, n_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray | None:
     """Check a user-given ratio; return it as float32 summing to 1, or None for "unknown".
 
-    ``None`` or all zeros mean unknown and give ``None``. NaN/inf, negative values, a
-    length other than ``n_classes`` or more than one dimension raise ``ValueError``. A
-    vector that does not sum to 1 (percentages, counts, rounding) is divided by its sum.
+    ``ratio`` is a vector in the model's class order or, with ``class_names``, a mapping
+    from class names to values (:func:`by_name`). ``None`` or all zeros mean unknown and
+    give ``None``. NaN/inf, negative values, a length other than ``n_classes`` or more
+    than one dimension raise ``ValueError``. A vector that does not sum to 1
+    (percentages, counts, rounding) is divided by its sum.
     """
     n = _check_n(n_classes)
     if ratio is None:
         return None
+    if isinstance(ratio, Mapping):
+        if class_names is None:
+            raise ValueError("a ratio by class name needs the model's class names")
+        if len(class_names) != n:
+            raise ValueError(f"{len(class_names)} class names for {n} classes")
+        ratio = by_name(ratio, class_names)
+        if sum(ratio) == 0:
+            raise ValueError("the named ratio sums to zero; give at least one phase a positive share")
     try:
         r = np.asarray(ratio, dtype=np.float64)
     except (TypeError, ValueError) as exc:

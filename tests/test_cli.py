@@ -67,6 +67,8 @@ def test_bad_files_fail_alone_with_a_reason(workdir, capsys):
 @pytest.mark.parametrize("extra,match", [
     (["--ratio", "0.5,0.5"], "2 values but the model has 3"),
     (["--ratio", "0.5,-0.2,0.7"], "negative"),
+    (["--ratio", "ferrite=0.5,pearlite=0.5"], "'pearlite', which is not a class of this model (ferrite, martensite"),
+    (["--ratio", "ferrite=0,bainite=0"], "sums to zero"),
 ])
 def test_bad_ratio_is_one_line_and_exit_2(workdir, capsys, extra, match):
     d, model = workdir
@@ -74,6 +76,30 @@ def test_bad_ratio_is_one_line_and_exit_2(workdir, capsys, extra, match):
     assert rc == 2
     err = capsys.readouterr().err.strip()
     assert match in err and len(err.splitlines()) == 1
+
+
+def test_ratio_by_name_and_per_image_ratio_file(workdir, capsys):
+    d, model = workdir
+    named, ordered = d / "named", d / "ordered"
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(named),
+                 "--ratio", "Bainite=0.1,ferrite=0.6,MARTENSITE=0.3"]) == 0
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(ordered),
+                 "--ratio", "0.6,0.3,0.1"]) == 0
+    assert (named / "a_labels.png").read_bytes() == (ordered / "a_labels.png").read_bytes()
+    table = d / "ratios.csv"
+    table.write_text("image,ferrite,martensite,bainite\na.tif,0.1,0.1,0.8\n")
+    per_file = d / "per_file"
+    assert main(["segment", str(d / "a.tif"), str(d / "b.png"), "--model", str(model), "--out", str(per_file),
+                 "--ratio", "0.6,0.3,0.1", "--ratio-file", str(table)]) == 0
+    a = json.loads((per_file / "a.json").read_text())
+    b = json.loads((per_file / "b.json").read_text())
+    ref_a = Segmenter(model).segment(tifffile.imread(d / "a.tif"), ratio=[0.1, 0.1, 0.8])
+    assert a["fractions"] == pytest.approx(ref_a.fractions)
+    assert b["ratio"] == pytest.approx([0.6, 0.3, 0.1])  # not in the file: --ratio
+    table.write_text("image,ferrite,steel\na.tif,0.1,0.9\n")
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "x"),
+                 "--ratio-file", str(table)]) == 2
+    assert "steel" in capsys.readouterr().err
 
 
 def test_mismatched_or_missing_model_is_exit_2(workdir, capsys):

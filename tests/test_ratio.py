@@ -124,3 +124,30 @@ def test_prior_shift_batched_and_already_matching():
         ratio.prior_shift(probs, [0.2, 0.3, 0.5])
     with pytest.raises(ValueError, match="shape"):
         ratio.calibrate(np.zeros(3, np.float32), [1, 1, 1])
+
+
+NAMES3 = ("ferrite", "martensite", "bainite")
+
+
+def test_ratio_by_name_in_any_case_and_order():
+    r = ratio.validate({"Bainite": 0.1, "FERRITE": 0.6, "martensite": 0.3}, 3, NAMES3)
+    np.testing.assert_allclose(r, [0.6, 0.3, 0.1], rtol=1e-6)
+    np.testing.assert_allclose(ratio.validate({"martensite": 1}, 3, NAMES3), [0, 1, 0])  # left out = 0
+
+
+@pytest.mark.parametrize("bad, exc, message", [
+    ({"pearlite": 0.5}, ValueError, "not a class of this model.*ferrite, martensite, bainite"),
+    ({"ferrite": 0.5, "Ferrite": 0.5}, ValueError, "twice"),
+    ({"ferrite": -0.1, "bainite": 0.5}, ValueError, "negative"),
+    ({"ferrite": 0, "bainite": 0}, ValueError, "sums to zero"),
+    ({"ferrite": "lots"}, TypeError, "number"),
+    ({1: 0.5}, TypeError, "class names"),
+])
+def test_bad_named_ratios_say_why(bad, exc, message):
+    with pytest.raises(exc, match=message):
+        ratio.validate(bad, 3, NAMES3)
+
+
+def test_named_ratio_needs_the_class_names():
+    with pytest.raises(ValueError, match="class names"):
+        ratio.validate({"ferrite": 1.0}, 3)
