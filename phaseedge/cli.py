@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import sys
 from collections import deque
@@ -80,9 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"phaseedge {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser("segment", help="segment images; writes labels, overlays and phase fractions",
-                         description="Segment SEM images. Per image: NAME_labels.png (class index per pixel), "
-                                     "NAME_overlay.png (colours and legend), NAME.json (fractions, timings); "
-                                     "plus fractions.csv with one row per image.")
+                         description="Segment SEM images. Per image: NAME_labels.png (indexed colour: pixel "
+                                     "value = class index, palette = overlay colours), NAME_labels.tif (16-bit "
+                                     "class index, for Fiji/ImageJ), NAME_overlay.png (colours and legend), "
+                                     "NAME.json (fractions, pixel counts, model, ratio, timings), optionally "
+                                     "NAME_uncertainty.tif; plus fractions.csv with one row per image.")
     seg.add_argument("images", nargs="+", type=Path, help="TIFF/PNG/JPEG files")
     seg.add_argument("--model", default="default",
                      help="model .onnx/.engine (with sidecar), checkpoint dir, or 'default' (bundled)")
@@ -108,6 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "size are resampled to it (default: segment at the frame's own scale)")
     seg.add_argument("--keep-band", action="store_true", help="do not detect/remove the information band")
     seg.add_argument("--no-overlay", action="store_true", help="skip the colour overlay PNG")
+    seg.add_argument("--uncertainty", action="store_true",
+                     help="also write NAME_uncertainty.tif: per-pixel entropy of the class probabilities (bits)")
+    seg.add_argument("--mask", type=Path, default=None,
+                     help="region of interest: an image of the frame's size (after band removal) whose "
+                          "non-zero pixels are counted; zero pixels (scale bar, crack, edge) count for no "
+                          "phase and are labelled 255")
     return parser
 
 
@@ -129,6 +138,8 @@ def segment_command(args: argparse.Namespace) -> int:
 
     from phaseedge import ratio as ratio_mod
     from phaseedge.io import read_image
+    from phaseedge.outputs import EXCLUDED, atomic_write, write_frame_outputs
+    from phaseedge.result import palette
     from phaseedge.segmenter import Segmenter
 
     try:
@@ -144,6 +155,12 @@ def segment_command(args: argparse.Namespace) -> int:
                          for stem, r in read_ratio_file(args.ratio_file).items()}
     except (OSError, ImportError, ValueError, TypeError, RuntimeError) as exc:
         return _fail(f"{exc}")
+    roi = None
+    if args.mask is not None:
+        try:
+            roi = read_image(args.mask, detect_band=False).pixels != 0
+        except (OSError, ValueError) as exc:
+            return _fail(f"--mask {args.mask}: {exc}")
     try:
         args.out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -171,19 +188,23 @@ def segment_command(args: argparse.Namespace) -> int:
             try:
                 frame = fut.result()
                 frame_ratio = per_image.get(path.stem, ratio)
-                result = seg.segment(frame, ratio=frame_ratio)
-                labels_png = args.out / f"{stem}_labels.png"
-                _write_png(cv2, labels_png, result.labels)
-                outputs = {"labels": labels_png.name}
+                result = seg.segment(frame, ratio=frame_ratio, return_probabilities=args.uncertainty)
+                if roi is not None:
+                    result = result.within(roi)
+                outputs = write_frame_outputs(args.out, stem, result.labels, palette(len(names)), names,
+                                              result.probabilities)
                 if not args.no_overlay:
                     overlay_png = args.out / f"{stem}_overlay.png"
                     _write_png(cv2, overlay_png, cv2.cvtColor(result.overlay(frame.pixels), cv2.COLOR_RGB2BGR))
                     outputs["overlay"] = overlay_png.name
                 info = {"image": str(path), **result.to_dict(), "pixel_size_m": frame.pixel_size_m,
                         "band_rows_removed": frame.band_rows, "model": str(seg.model), "outputs": outputs,
-                        "labels_png": "pixel value = class index into class_names"}
-                (args.out / f"{stem}.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+                        "roi": None if args.mask is None else str(args.mask),
+                        "labels_png": f"pixel value = class index into class_names; {EXCLUDED} = outside the ROI"}
+                atomic_write(args.out / f"{stem}.json", (json.dumps(info, indent=2) + "\n").encode())
                 row.update({c: f"{result.fractions[c]:.6f}" for c in names})
+                row.update({f"{c}_pixels": int(k) for c, k in zip(names, result.counts)})
+                row["ratio"] = "" if frame_ratio is None else " ".join(f"{v:.4f}" for v in frame_ratio)
                 row["seconds"] = f"{result.timings['total']:.3f}"
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 failed += 1
@@ -192,10 +213,12 @@ def segment_command(args: argparse.Namespace) -> int:
             rows.append(row)
 
     csv_path = args.out / "fractions.csv"
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", *names, "seconds", "error"], restval="")
-        writer.writeheader()
-        writer.writerows(rows)
+    buf = io.StringIO(newline="")
+    fields = ["image", *names, *(f"{c}_pixels" for c in names), "model", "ratio", "ratio_mode", "seconds", "error"]
+    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+    writer.writeheader()
+    writer.writerows({**r, "model": str(seg.model), "ratio_mode": args.ratio_mode} for r in rows)
+    atomic_write(csv_path, buf.getvalue().encode("utf-8"))
     done = len(rows) - failed
     print(f"phaseedge: {done}/{len(rows)} images segmented -> {args.out} ({csv_path.name})", file=sys.stderr)
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -54,6 +54,24 @@ class Result:
         """float64 [n] fractions in class order."""
         return np.array([self.fractions[c] for c in self.class_names], dtype=np.float64)
 
+    def within(self, roi: np.ndarray) -> Result:
+        """This result restricted to a region of interest (bool [H, W], True = counted): pixels
+        outside get label `phaseedge.outputs.EXCLUDED` and count for no phase."""
+        from phaseedge.outputs import EXCLUDED
+
+        roi = np.asarray(roi)
+        if roi.shape != self.labels.shape:
+            raise ValueError(f"region of interest {roi.shape} differs from the frame {self.labels.shape}")
+        if roi.dtype != bool:
+            raise TypeError(f"region of interest must be boolean (True = counted), got {roi.dtype}")
+        if not roi.any():
+            raise ValueError("the region of interest excludes every pixel")
+        labels = np.where(roi, self.labels, np.uint8(EXCLUDED)).astype(np.uint8)
+        counts = np.bincount(self.labels[roi].ravel(), minlength=len(self.class_names))[: len(self.class_names)]
+        total = int(counts.sum())
+        return replace(self, labels=labels, counts=counts.astype(np.int64),
+                       fractions={c: int(k) / total for c, k in zip(self.class_names, counts)})
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary (no arrays): what the CLI writes and adapters attach."""
         return {
@@ -79,11 +97,16 @@ class Result:
             raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         lo, hi = frame_range(frame)
         colours = palette(len(self.class_names))
+        table = np.zeros((256, 3), np.float32)  # label 255 (outside the ROI) stays plain grey
+        table[: len(colours)] = colours
+        weight = np.full(256, alpha, np.float32)
+        weight[len(colours):] = 0.0
         out = np.empty((*frame.shape, 3), np.uint8)
         for y in range(0, frame.shape[0], _OVERLAY_ROWS):  # row chunks: small temporaries on huge frames
-            grey = apply(frame[y: y + _OVERLAY_ROWS], lo, hi) * (255.0 * (1.0 - alpha))
-            tint = colours[self.labels[y: y + _OVERLAY_ROWS]].astype(np.float32) * alpha
-            out[y: y + _OVERLAY_ROWS] = np.clip(tint + grey[..., None] + 0.5, 0, 255).astype(np.uint8)
+            lab = self.labels[y: y + _OVERLAY_ROWS]
+            a = weight[lab][..., None]
+            grey = apply(frame[y: y + _OVERLAY_ROWS], lo, hi)[..., None] * 255.0
+            out[y: y + _OVERLAY_ROWS] = np.clip(table[lab] * a + grey * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
         if legend:
             _draw_legend(out, self.class_names, self.fraction_vector, colours)
         return out

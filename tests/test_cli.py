@@ -41,9 +41,20 @@ def test_segment_writes_labels_overlay_json_and_csv(workdir, capsys):
     rows = _rows(out / "fractions.csv")
     assert [r["image"] for r in rows] == [str(d / "a.tif"), str(d / "b.png")]
     assert all(r["error"] == "" for r in rows)
-    labels = cv2.imread(str(out / "a_labels.png"), cv2.IMREAD_UNCHANGED)
+    from PIL import Image
+
+    from phaseedge.result import palette
+
+    png = Image.open(out / "a_labels.png")
+    assert png.mode == "P"  # indexed colour: pixel values are class indices
+    labels = np.array(png)
     ref = Segmenter(model, overlap=0.5).segment(tifffile.imread(d / "a.tif"), ratio=[0.6, 0.3, 0.1])
     assert np.array_equal(labels, ref.labels)
+    assert np.array(png.getpalette()[:9]).reshape(3, 3).tolist() == palette(3).tolist()
+    tif = tifffile.imread(out / "a_labels.tif")
+    assert tif.dtype == np.uint16 and np.array_equal(tif, ref.labels)
+    assert rows[0]["ferrite_pixels"] == str(int(ref.counts[0])) and rows[0]["model"] == str(model)
+    assert rows[0]["ratio"] == "0.6000 0.3000 0.1000"
     info = json.loads((out / "a.json").read_text())
     assert info["fractions"] == pytest.approx(ref.fractions)
     assert float(rows[0]["ferrite"]) == pytest.approx(ref.fractions["ferrite"], abs=1e-6)
@@ -100,6 +111,30 @@ def test_ratio_by_name_and_per_image_ratio_file(workdir, capsys):
     assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "x"),
                  "--ratio-file", str(table)]) == 2
     assert "steel" in capsys.readouterr().err
+
+
+def test_mask_excludes_pixels_and_uncertainty_tiff(workdir):
+    d, model = workdir
+    roi = np.ones((70, 90), np.uint8)
+    roi[50:, :] = 0  # a scale-bar strip
+    cv2.imwrite(str(d / "roi.png"), roi * 255)
+    out = d / "roi_out"
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(out), "--mask", str(d / "roi.png"),
+                 "--uncertainty"]) == 0
+    info = json.loads((out / "a.json").read_text())
+    ref = Segmenter(model).segment(tifffile.imread(d / "a.tif"), return_probabilities=True)
+    inside = np.bincount(ref.labels[:50].ravel(), minlength=3)
+    assert list(info["pixel_counts"].values()) == inside.tolist() and sum(inside) == 50 * 90
+    assert sum(info["fractions"].values()) == pytest.approx(1.0)
+    labels = tifffile.imread(out / "a_labels.tif")
+    assert (labels[50:] == 255).all() and np.array_equal(labels[:50], ref.labels[:50])
+    unc = tifffile.imread(out / "a_uncertainty.tif")
+    p = np.clip(ref.probabilities, 1e-12, 1)
+    np.testing.assert_allclose(unc, -(p * np.log2(p)).sum(axis=0), atol=1e-4)
+    assert not [f for f in out.iterdir() if f.name.endswith(".tmp")]  # nothing half-written left
+    cv2.imwrite(str(d / "small.png"), np.ones((10, 10), np.uint8))
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "x"),
+                 "--mask", str(d / "small.png")]) == 1  # the frame fails alone, with the reason
 
 
 def test_mismatched_or_missing_model_is_exit_2(workdir, capsys):
