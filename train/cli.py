@@ -17,6 +17,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "phaseedge.train.info",
     "phaseedge.train.fit",
     "phaseedge.train.evaluate",
+    "phaseedge.train.importer",
 )  # fmt: skip
 
 
