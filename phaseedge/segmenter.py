@@ -130,6 +130,8 @@ class Segmenter:
             self.backend_name = auto_backend_name(model) if backend == "auto" else backend
         self._lock = threading.RLock()  # the backend: one frame at a time
         self._init_lock = threading.Lock()
+        self._submit_lock = threading.Lock()  # submit's put and close's shutdown never interleave
+        self._closed = False
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
 
@@ -139,6 +141,7 @@ class Segmenter:
         """The backend, set up on first access (the heavy step)."""
         if self._backend is None:
             with self._init_lock:
+                self._check_open()
                 if self._backend is None:
                     self._backend = get_backend(self.backend_name, self.model, self.device, **self._options)
         return self._backend
@@ -164,7 +167,8 @@ class Segmenter:
 
     def close(self) -> None:
         """Finish queued `submit` work, stop the worker and release the backend."""
-        with self._init_lock:
+        with self._submit_lock, self._init_lock:  # no submit is half-way while the worker stops
+            self._closed = True
             worker, q = self._worker, self._queue
             self._worker, self._queue = None, None
         if worker is not None and q is not None:
@@ -180,12 +184,22 @@ class Segmenter:
                 f"blend={self.blend!r}, ratio_mode={self.ratio_mode!r})")
 
     # ------------------------------------------------------------------ public API
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("this Segmenter is closed; create a new one")
+
+    def _ratio(self, ratio: Any) -> np.ndarray | None:
+        """The checked ratio: a vector in class order or a mapping by class name."""
+        self._check_open()
+        return ratio_mod.validate(ratio, self.n_classes, self.class_names)
+
     def segment(self, image: Any, ratio: Any = None, return_probabilities: bool = False) -> Result:
         """Segment one frame: a 2-D array, a `phaseedge.io.Frame`, or a path (read with
         `phaseedge.io.read_image`, information band removed).
 
-        ratio: the expert's phase ratio (length n_classes, any positive scale; None or
-        zeros = unknown), checked by `phaseedge.ratio.validate`. How it is used depends
+        ratio: the expert's phase ratio (length n_classes in class order, or a mapping by
+        class name such as ``{"martensite": 0.3, "ferrite": 0.7}``; any positive scale; None
+        or zeros = unknown), checked by `phaseedge.ratio.validate`. How it is used depends
         on ``ratio_mode``: "global" feeds it to every tile; "local" first runs a
         ratio-free pass, estimates each tile's fractions, rescales them (iterative
         proportional fitting) so the frame total matches the ratio while each tile stays
@@ -195,7 +209,7 @@ class Segmenter:
         CALIBRATE_TILES tiles); "none" ignores it. Without a ratio every mode is one
         ratio-free pass.
         """
-        r = ratio_mod.validate(ratio, self.n_classes)
+        r = self._ratio(ratio)
         prepared = self._prepare(image)
         return self._segment_prepared(prepared, r, return_probabilities)
 
@@ -207,7 +221,7 @@ class Segmenter:
         the current one is inferred and stitched. An error for one frame is raised when
         its result is due, which ends the stream.
         """
-        r = ratio_mod.validate(ratio, self.n_classes)
+        r = self._ratio(ratio)
         it = iter(images)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="phaseedge-prepare") as pool:
             pending: deque[Future] = deque()
@@ -233,7 +247,7 @@ class Segmenter:
         (``block=False``, or the timeout passed). Bad ratios are refused here; bad frames
         come back as the future's exception.
         """
-        r = ratio_mod.validate(ratio, self.n_classes)
+        r = self._ratio(ratio)
         if not isinstance(image, (str, os.PathLike)):
             from phaseedge.io import Frame
 
@@ -242,7 +256,9 @@ class Segmenter:
             else:
                 image = np.array(image, copy=True)
         fut: Future = Future()
-        self._start_worker().put((fut, image, r, return_probabilities), block=block, timeout=timeout)
+        with self._submit_lock:  # close() waits for this put, then queues its stop after it
+            self._check_open()
+            self._start_worker().put((fut, image, r, return_probabilities), block=block, timeout=timeout)
         return fut
 
     # ------------------------------------------------------------------ internals

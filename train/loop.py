@@ -403,7 +403,7 @@ def fit(
     return {
         "out": str(out),
         "best_epoch": best["epoch"],
-        "best_val_macro_dice": best["dice"],
+        "best_val_dice": best["dice"],
         "stopped_by_time": stopped,
         "minutes": round((time.monotonic() - t0) / 60.0, 2),
     }
