@@ -251,25 +251,17 @@ def load(model_path: str | os.PathLike[str]) -> Sidecar:
     return sc
 
 
-def check_engine_compatible(
-    sidecar: Sidecar,
-    trt_version: str,
-    gpu_name: str,
-    compute_capability: str | tuple[int, int],
-    target: str | None = None,
-) -> None:
-    """Refuse an engine built for another TensorRT version or GPU, naming the field that differs.
+#: compute capabilities in the TensorRT-RTX support matrix (7.5 only with an explicit target)
+RTX_SUPPORTED: frozenset[tuple[int, int]] = frozenset({(7, 5), (8, 6), (8, 9), (12, 0), (12, 1)})
+#: where an RTX engine built without a GPU (no explicit target) runs
+RTX_PORTABLE: frozenset[tuple[int, int]] = frozenset({(8, 6), (8, 9), (12, 0)})
 
-    Deserialising such an engine fails or misbehaves inside TensorRT; this catches it
-    first. Version-compatible engines run on the same or a newer TensorRT of the same
-    major version; hardware-compatible ones on any Ampere-or-later GPU; TensorRT-RTX
-    engines (built with or without a GPU) on any GPU of compute capability 8.0 or later,
-    as they are compiled for the GPU at load time.
-    """
+
+def check_engine_version(sidecar: Sidecar, trt_version: str, target: str | None = None) -> None:
+    """The TensorRT-version and target half of :func:`check_engine_compatible` (no GPU needed)."""
     if sidecar.kind != "engine" or sidecar.engine is None:
         raise SidecarError(f"sidecar describes a {sidecar.kind} file, not an engine")
     eng = sidecar.engine
-    cc = _cc_str(compute_capability)
 
     def fail(what: str, built: str, here: str) -> None:
         raise SidecarError(
@@ -281,17 +273,55 @@ def check_engine_compatible(
         fail("target", eng.target, target)
     built_v, here_v = _version_tuple(eng.tensorrt_version), _version_tuple(trt_version)
     if eng.version_compatible:
-        if built_v[:1] != here_v[:1] or here_v < built_v:
-            fail("TensorRT version (version-compatible: same major, same or newer)",
-                 eng.tensorrt_version, trt_version)
+        if here_v < built_v:
+            fail("TensorRT version (version-compatible: this one or later)", eng.tensorrt_version, trt_version)
     elif built_v != here_v:
         fail("TensorRT version", eng.tensorrt_version, trt_version)
 
+
+def check_engine_compatible(
+    sidecar: Sidecar,
+    trt_version: str,
+    gpu_name: str,
+    compute_capability: str | tuple[int, int],
+    target: str | None = None,
+) -> None:
+    """Refuse an engine built for another TensorRT version or GPU, naming the field that differs.
+
+    Deserialising such an engine fails or misbehaves inside TensorRT; this catches it
+    first. Version-compatible engines run on the TensorRT they were built with or any later
+    one, later majors included (NVIDIA's forward compatibility; the runtime must then allow
+    engine host code, `engine_host_code_allowed`); hardware-compatible ones on any
+    Ampere-or-later GPU. TensorRT-RTX engines follow its support matrix (RTX_SUPPORTED):
+    built without a GPU they run on RTX_PORTABLE; data-centre GPUs (A100, H100/H200, B200)
+    are not supported at all.
+    """
+    check_engine_version(sidecar, trt_version, target)
+    eng = sidecar.engine
+    cc = _cc_str(compute_capability)
+
+    def fail(what: str, built: str, here: str) -> None:
+        raise SidecarError(
+            f"engine {sidecar.file_name or ''} was built for {what} {built}, this machine has "
+            f"{here}; {_REBUILD}"
+        )
+
     if eng.target == "rtx":
-        # Built ahead of time for every RTX architecture from Ampere on (TensorRT-RTX's
-        # default); kernels are compiled for the actual GPU when the engine is loaded.
-        if _version_tuple(cc) < (8, 0):
-            fail("TensorRT-RTX GPUs (compute capability 8.0 or later)", "", f"{gpu_name} with {cc}")
+        here = _version_tuple(cc)[:2]
+        if here not in RTX_SUPPORTED:
+            raise SidecarError(
+                f"{gpu_name} (compute capability {cc}) is not a TensorRT-RTX GPU: TensorRT-RTX runs on compute "
+                f"capability {', '.join('.'.join(map(str, c)) for c in sorted(RTX_SUPPORTED))} (RTX-class GPUs), "
+                f"not on data-centre GPUs such as A100, H100/H200 or B200; build a TensorRT engine on this GPU "
+                f"instead (phaseedge-export trt --target tensorrt); {_REBUILD}"
+            )
+        if eng.compute_capability is None:
+            if here not in RTX_PORTABLE:
+                fail("TensorRT-RTX's default targets (compute capability 8.6, 8.9, 12.0; built without a GPU)",
+                     "", f"{gpu_name} with {cc}: build with an explicit target for it")
+            return
+        if _version_tuple(eng.compute_capability)[:2] != here:
+            fail("compute capability", eng.compute_capability, f"{cc} ({gpu_name})")
         return
     if eng.compute_capability is None:
         if eng.hardware_compatible:

@@ -126,8 +126,11 @@ def test_engine_compatibility():
 def test_engine_compatibility_modes():
     vc = make(kind="engine", engine=engine_info(version_compatible=True))
     sc_mod.check_engine_compatible(vc, "11.5.1", "NVIDIA RTX A4000", "8.6")
+    sc_mod.check_engine_compatible(vc, "12.0.0", "NVIDIA RTX A4000", "8.6")  # forward compatible across majors
     with pytest.raises(SidecarError, match="version-compatible"):
         sc_mod.check_engine_compatible(vc, "10.12.0", "NVIDIA RTX A4000", "8.6")
+    with pytest.raises(SidecarError, match="version-compatible"):
+        sc_mod.check_engine_compatible(vc, "11.3.9", "NVIDIA RTX A4000", "8.6")
     hc = make(kind="engine", engine=engine_info(hardware_compatible=True))
     sc_mod.check_engine_compatible(hc, "11.4.0", "NVIDIA H100", "9.0")
     with pytest.raises(SidecarError, match="Ampere"):
@@ -135,10 +138,29 @@ def test_engine_compatibility_modes():
     rtx = make(kind="engine", engine=engine_info(target="rtx", tensorrt_version="1.7.1",
                                                  gpu_name=sc_mod.NO_GPU, compute_capability=None))
     sc_mod.check_engine_compatible(rtx, "1.7.1", "NVIDIA GeForce RTX 4090", "8.9", target="rtx")
-    with pytest.raises(SidecarError, match="8.0 or later"):
+    with pytest.raises(SidecarError, match="explicit target"):
         sc_mod.check_engine_compatible(rtx, "1.7.1", "NVIDIA GeForce RTX 2080 Ti", "7.5")
     with pytest.raises(SidecarError, match="1.7.1"):
         sc_mod.check_engine_compatible(rtx, "1.8.0", "NVIDIA GeForce RTX 4090", "8.9")
+
+
+@pytest.mark.parametrize(("cc", "target_cc", "ok"), [
+    ("8.6", None, True), ("8.9", None, True), ("12.0", None, True),
+    ("12.1", None, False), ("12.1", "12.1", True), ("7.5", None, False), ("7.5", "7.5", True),
+    ("8.0", None, False), ("9.0", None, False), ("10.0", None, False), ("9.0", "9.0", False),
+    ("8.9", "8.6", False),
+])
+def test_tensorrt_rtx_support_matrix(cc, target_cc, ok):
+    eng = engine_info(target="rtx", tensorrt_version="1.7.1", gpu_name=sc_mod.NO_GPU if target_cc is None else "x",
+                      compute_capability=target_cc)
+    sc = make(kind="engine", engine=eng)
+    if ok:
+        sc_mod.check_engine_compatible(sc, "1.7.1", "GPU", cc, target="rtx")
+        return
+    with pytest.raises(SidecarError) as err:
+        sc_mod.check_engine_compatible(sc, "1.7.1", "NVIDIA H100", cc, target="rtx")
+    if cc in ("8.0", "9.0", "10.0"):  # data-centre GPUs: say what to do instead
+        assert "not a TensorRT-RTX GPU" in str(err.value) and "build a TensorRT engine" in str(err.value)
 
 
 def test_check_io():

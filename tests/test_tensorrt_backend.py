@@ -16,6 +16,7 @@ import sys
 import textwrap
 import threading
 import types
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -214,12 +215,34 @@ def test_rtx_engine_built_without_gpu_accepts_any_gpu(env, tmp_path: Path) -> No
     assert b.target == "rtx" and b.module_name == "tensorrt_rtx"
 
 
-def test_rtx_engine_refuses_a_pre_ampere_gpu(env, tmp_path: Path) -> None:
+def test_rtx_engine_refuses_a_turing_gpu_without_an_explicit_target(env, tmp_path: Path) -> None:
     env.gpu = cuda_mem.DeviceInfo(0, "Tesla T4", "7.5", 16 << 30)
     env.version = "1.7.1.116"
     path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
-    with pytest.raises(sidecar.SidecarError, match="compute capability 8.0 or later.*Tesla T4.*rebuild"):
+    with pytest.raises(sidecar.SidecarError, match="8.6, 8.9, 12.0.*Tesla T4.*explicit target.*rebuild"):
         trtb.TensorRTBackend(path)
+
+
+def test_rtx_engine_refuses_a_data_centre_gpu(env, tmp_path: Path) -> None:
+    env.gpu = cuda_mem.DeviceInfo(0, "NVIDIA H200", "9.0", 141 << 30)
+    env.version = "1.7.1.116"
+    path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
+    with pytest.raises(sidecar.SidecarError, match="H200.*not a TensorRT-RTX GPU.*build a TensorRT engine"):
+        trtb.TensorRTBackend(path)
+
+
+def test_version_compatible_engines_allow_host_code() -> None:
+    class FakeRuntime:
+        engine_host_code_allowed = False
+
+    import dataclasses
+
+    base = sidecar.read(write_engine(Path(tempfile.mkdtemp())))
+    for vc in (True, False):
+        rt = FakeRuntime()
+        sc = dataclasses.replace(base, engine=dataclasses.replace(base.engine, version_compatible=vc))
+        trtb.configure_runtime(rt, sc)
+        assert rt.engine_host_code_allowed is vc
 
 
 def test_tensorrt_not_installed(env, tmp_path: Path) -> None:

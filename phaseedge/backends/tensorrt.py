@@ -177,7 +177,7 @@ def check_version(sc: sidecar.Sidecar, version: str) -> None:
     eng = sc.engine
     if eng is None:
         raise sidecar.SidecarError(f"sidecar describes a {sc.kind} file, not an engine; {_REBUILD}")
-    sidecar.check_engine_compatible(sc, version, eng.gpu_name, eng.compute_capability or "8.0", target=eng.target)
+    sidecar.check_engine_version(sc, version, target=eng.target)
 
 
 def _no_gpu_message(path: Path) -> str:
@@ -417,6 +417,7 @@ class TensorRTBackend(Backend):
         try:
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
+            configure_runtime(self._runtime, self.sidecar)
             _check_validity(trt, self._runtime, blob, self.path)
             self._engine = self._runtime.deserialize_cuda_engine(blob)
             del blob
@@ -620,3 +621,10 @@ def _check_validity(trt: ModuleType, runtime: Any, blob: bytes, path: Path) -> N
         log.warning("%s may run slower on this system: %s", path.name, ", ".join(reasons))
         return
     raise sidecar.SidecarError(f"TensorRT says {path.name} is invalid on this system: {', '.join(reasons)}; {_REBUILD}")
+
+
+def configure_runtime(runtime: Any, sc: sidecar.Sidecar) -> None:
+    """Runtime flags an engine needs before it is deserialised: a version-compatible engine
+    carries its own lean runtime (host code), which TensorRT runs only when allowed."""
+    if sc.engine is not None and sc.engine.version_compatible:
+        runtime.engine_host_code_allowed = True
