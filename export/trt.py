@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from phaseedge import gpu, names
+from phaseedge import names
 from phaseedge import sidecar as sidecar_mod
 
 TARGET_MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
@@ -114,19 +114,51 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-def device_info() -> tuple[str, str] | None:
-    """(name, "major.minor") of CUDA device 0 via the driver API; None without a GPU."""
-    if not gpu.has_cuda_gpu():
+CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
+CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
+
+
+def _load_driver() -> Any:
+    """The CUDA driver library (ctypes), or None where it is not installed."""
+    try:
+        return ctypes.CDLL("libcuda.so.1")
+    except OSError:
         return None
-    cuda = ctypes.CDLL("libcuda.so.1")
+
+
+def device_info(device: int = 0) -> tuple[str, str] | None:
+    """(name, "major.minor") of CUDA device ``device``, the one the build targets, via the
+    driver API; None without a driver or GPU.
+
+    ``cuInit`` comes first (the driver API answers nothing before it). A ``device`` past
+    the last GPU, or a driver call that fails once a GPU is known to be there, is a
+    :class:`BuildError`: recording the wrong GPU in the sidecar, or none, would be worse.
+    """
+    if isinstance(device, bool) or not isinstance(device, int) or device < 0:
+        raise ValueError(f"device must be a CUDA device index >= 0, got {device!r}")
+    cuda = _load_driver()
+    if cuda is None or cuda.cuInit(0) != 0:  # no driver, or no usable GPU (CUDA_ERROR_NO_DEVICE, ...)
+        return None
+    count = ctypes.c_int(0)
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= 0:
+        return None
+    if device >= count.value:
+        raise BuildError(f"CUDA device {device} does not exist: this machine has {count.value} "
+                         f"(0..{count.value - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
+
+    def call(name: str, *args: Any) -> None:
+        rc = getattr(cuda, name)(*args)
+        if rc != 0:
+            raise BuildError(f"CUDA driver call {name} for device {device} failed (CUresult {rc})")
+
     dev = ctypes.c_int(0)
-    name = ctypes.create_string_buffer(256)
+    buf = ctypes.create_string_buffer(256)
     major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    if cuda.cuDeviceGet(ctypes.byref(dev), 0) != 0 or cuda.cuDeviceGetName(name, 256, dev) != 0:
-        return None
-    cuda.cuDeviceGetAttribute(ctypes.byref(major), 75, dev)  # CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
-    cuda.cuDeviceGetAttribute(ctypes.byref(minor), 76, dev)  # ..._MINOR
-    return name.value.decode(errors="replace"), f"{major.value}.{minor.value}"
+    call("cuDeviceGet", ctypes.byref(dev), device)
+    call("cuDeviceGetName", buf, 256, dev)
+    call("cuDeviceGetAttribute", ctypes.byref(major), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
+    call("cuDeviceGetAttribute", ctypes.byref(minor), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
+    return buf.value.decode(errors="replace"), f"{major.value}.{minor.value}"
 
 
 def _make_logger(trt: ModuleType, verbose: bool):
@@ -280,10 +312,15 @@ def build_engine(
     version_compatible: bool = False,
     hardware_compatible: bool = False,
     verbose: bool = False,
+    device: int = 0,
     stream=sys.stderr,
     log=print,
 ) -> BuildResult:
-    """Parse ``onnx_path`` strongly typed, build for ``batch`` (min, opt, max), write engine + sidecar."""
+    """Parse ``onnx_path`` strongly typed, build for ``batch`` (min, opt, max), write engine + sidecar.
+
+    ``device``: the CUDA device the build runs on (made current for this thread) and whose
+    name and compute capability the sidecar records.
+    """
     onnx_path, out = Path(onnx_path), Path(out)
     if out.suffix != ".engine":
         raise ValueError(f"output must end in .engine, got {out}")
@@ -292,10 +329,14 @@ def build_engine(
     src = sidecar_mod.load(onnx_path)  # the engine inherits classes, tile, normalisation, precision
     if src.kind != "onnx":
         raise ValueError(f"{onnx_path} is not an ONNX graph")
-    dev = device_info()
+    dev = device_info(device)
     if target == "tensorrt" and dev is None:
         raise BuildError("the TensorRT builder needs an NVIDIA GPU and none was found; "
                          "use --target rtx (TensorRT-RTX builds without a GPU) or build on the target machine")
+    if dev is not None and device != 0:  # TensorRT builds on the calling thread's current device (0 by default)
+        from phaseedge import cuda_mem
+
+        cuda_mem.set_device(device)
     trt = import_target(target)
     logger = _make_logger(trt, verbose)
     t0 = time.perf_counter()
@@ -378,6 +419,7 @@ def build_engine(
             kind="engine", architecture=src.architecture, plm=src.plm, class_names=src.class_names,
             n_classes=n, tile=t, normalization=src.normalization, inputs=src.inputs, outputs=src.outputs,
             batch=batch, precision=src.precision, engine=engine_info, pixel_size_m=src.pixel_size_m,
+            trained_on=src.trained_on, metrics=dict(src.metrics),
             source={"onnx": onnx_path.name, "onnx_sha256": src.sha256, "build_seconds": round(seconds, 1),
                     "workspace_mb": workspace_mb, "layer_precisions": report.to_dict()},
         ),
