@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,8 @@ class ModelInfo:
     tile: int
     normalization: dict[str, Any]
     pixel_size_m: float | None = None
+    trained_on: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,8 @@ def load_checkpoint(ckpt: str | Path) -> tuple[nn.Module, ModelInfo]:
         tile=int(cfg["tile"]),
         normalization=dict(cfg["normalization"]),
         pixel_size_m=cfg.get("pixel_size_m"),
+        trained_on=cfg.get("trained_on"),
+        metrics=dict(cfg.get("val_metrics") or {}),
     )
     return model.eval(), info
 
@@ -207,7 +211,8 @@ def export_model(
         sidecar_mod.Sidecar(
             kind="onnx", architecture=info.architecture, plm=info.plm, class_names=info.class_names,
             n_classes=n, tile=info.tile, normalization=info.normalization, inputs=inputs, outputs=outputs,
-            batch=batch, precision="fp32", pixel_size_m=info.pixel_size_m,
+            batch=batch, precision="fp32", pixel_size_m=info.pixel_size_m, trained_on=info.trained_on,
+            metrics=dict(info.metrics),
             source={**(source or {}), "opset": opset, "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
                     "phaseedge": __version__},
         ),

@@ -419,6 +419,7 @@ def build_engine(
             kind="engine", architecture=src.architecture, plm=src.plm, class_names=src.class_names,
             n_classes=n, tile=t, normalization=src.normalization, inputs=src.inputs, outputs=src.outputs,
             batch=batch, precision=src.precision, engine=engine_info, pixel_size_m=src.pixel_size_m,
+            trained_on=src.trained_on, metrics=dict(src.metrics),
             source={"onnx": onnx_path.name, "onnx_sha256": src.sha256, "build_seconds": round(seconds, 1),
                     "workspace_mb": workspace_mb, "layer_precisions": report.to_dict()},
         ),

@@ -117,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="region of interest: an image of the frame's size (after band removal) whose "
                           "non-zero pixels are counted; zero pixels (scale bar, crack, edge) count for no "
                           "phase and are labelled 255")
+    info = sub.add_parser("info", help="what a model is: classes, tile, pixel size, training data, metrics",
+                          description="Print what a model file says about itself (its sidecar, or a checkpoint's "
+                                      "config.json) and, for an engine, whether it can run on this machine.")
+    info.add_argument("model", help="model .onnx/.engine, checkpoint dir, or 'default' (bundled)")
+    info.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -124,7 +129,82 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "segment":
         return segment_command(args)
+    if args.command == "info":
+        return info_command(args)
     return EXIT_UNUSABLE  # argparse's required=True makes this unreachable
+
+
+def model_info(model: str) -> dict[str, Any]:
+    """What ``phaseedge info`` prints, read without loading the model."""
+    from phaseedge import sidecar as sidecar_mod
+    from phaseedge.segmenter import default_model
+
+    path = default_model() if model == "default" else Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"model not found: {path}")
+    if path.is_dir():
+        cfg_path = path / "config.json"
+        if not cfg_path.is_file():
+            raise FileNotFoundError(f"{path} is a folder without config.json: not a checkpoint")
+        cfg = json.loads(cfg_path.read_text())
+        return {"model": str(path), "kind": "checkpoint", "architecture": cfg.get("architecture"),
+                "plm": cfg.get("plm"), "class_names": cfg.get("class_names"), "tile": cfg.get("tile"),
+                "pixel_size_m": cfg.get("pixel_size_m"), "normalization": cfg.get("normalization"),
+                "trained_on": cfg.get("trained_on"), "metrics": cfg.get("val_metrics") or {}}
+    sc = sidecar_mod.load(path)
+    out = {"model": str(path), "kind": sc.kind, "architecture": sc.architecture, "plm": sc.plm,
+           "class_names": list(sc.class_names), "tile": sc.tile, "pixel_size_m": sc.pixel_size_m,
+           "normalization": sc.normalization, "precision": sc.precision, "batch": list(sc.batch),
+           "trained_on": sc.trained_on, "metrics": sc.metrics, "created": sc.created_at}
+    if sc.engine is not None:
+        out["engine"] = {"target": sc.engine.target, "tensorrt_version": sc.engine.tensorrt_version,
+                         "gpu_name": sc.engine.gpu_name, "compute_capability": sc.engine.compute_capability}
+        out["runs_here"] = _engine_runs_here(sc)
+    return out
+
+
+def _engine_runs_here(sc: Any) -> str:
+    """'yes', or why not: the sidecar rules against this machine's TensorRT and GPU, no engine loaded."""
+    from phaseedge import sidecar as sidecar_mod
+    from phaseedge.backends import tensorrt as trt_backend
+    from phaseedge.gpu import has_cuda_gpu
+
+    try:
+        version = trt_backend.installed_version(trt_backend.TARGET_MODULES[sc.engine.target])
+    except (ImportError, ValueError) as exc:
+        return f"no: {exc}"
+    if version is None:
+        return f"no: the {sc.engine.target} Python package is not installed"
+    if not has_cuda_gpu():
+        return "no: no NVIDIA GPU / CUDA driver on this machine"
+    try:
+        from phaseedge import cuda_mem
+
+        gpu = cuda_mem.device_info(0)
+        sidecar_mod.check_engine_compatible(sc, version, gpu.name, gpu.compute_capability, target=sc.engine.target)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: info must always print
+        return f"no: {exc}"
+    return "yes"
+
+
+def info_command(args: argparse.Namespace) -> int:
+    try:
+        info = model_info(args.model)
+    except (OSError, ValueError) as exc:
+        return _fail(f"{exc}")
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    for key, value in info.items():
+        if key == "metrics" and value:
+            print("metrics:")
+            for k, v in value.items():
+                print(f"  {k}: {v}")
+        else:
+            print(f"{key}: {value}")
+    if info.get("trained_on") == "synthetic":
+        print("note: trained on synthetic micrographs only; train on your own frames (docs/training.md)")
+    return EXIT_OK
 
 
 def _fail(message: str) -> int:

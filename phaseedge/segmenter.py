@@ -14,6 +14,7 @@ import os
 import queue
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,9 @@ CALIBRATE_STRIDE = 4
 _N_BUFFERS = 3
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
+SYNTHETIC_WARNING = ("this model was trained on synthetic micrographs only (the bundled demo model is): its phases "
+                     "and fractions mean little on a real steel; train on your own labelled frames: see "
+                     "docs/training.md")
 
 
 def default_model() -> Path:
@@ -144,6 +148,8 @@ class Segmenter:
                 self._check_open()
                 if self._backend is None:
                     self._backend = get_backend(self.backend_name, self.model, self.device, **self._options)
+                    if self._backend.trained_on == "synthetic":
+                        warnings.warn(SYNTHETIC_WARNING, UserWarning, stacklevel=3)
         return self._backend
 
     @property

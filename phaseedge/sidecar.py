@@ -106,6 +106,8 @@ class Sidecar:
     engine: EngineInfo | None = None
     source: dict[str, Any] = field(default_factory=dict)  # provenance: checkpoint, onnx sha256, opset
     pixel_size_m: float | None = None  # metres per pixel of the training frames (None: not normalised)
+    trained_on: str | None = None  # dataset name, or "synthetic" (phaseedge.synth)
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics of the run that made it
     sha256: str = ""
     file_name: str = ""
     created_by: str = f"phaseedge {__version__}"
@@ -154,6 +156,8 @@ class Sidecar:
             engine=None if engine is None else EngineInfo.from_dict(engine),
             source=dict(d.get("source") or {}),
             pixel_size_m=d.get("pixel_size_m"),
+            trained_on=d.get("trained_on"),
+            metrics=dict(d.get("metrics") or {}),
             sha256=d["sha256"],
             file_name=d.get("file_name", ""),
             created_by=d.get("created_by", ""),

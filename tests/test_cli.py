@@ -203,3 +203,38 @@ def test_bundled_model_segments_an_unseen_synthetic_frame():
     img, truth = synth.micrograph((300, 400), n_phases=seg.n_classes, seed=2029, dtype=np.uint16)
     result = seg.segment(img)
     assert metrics.macro_dice(result.labels, truth, seg.n_classes) >= 0.9
+
+
+def test_info_says_what_a_model_is(workdir, capsys):
+    _, model = workdir
+    assert main(["info", str(model), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["class_names"] == ["ferrite", "martensite", "bainite"] and info["kind"] == "onnx"
+    assert main(["info", str(model.parent / "nope.onnx")]) == 2
+
+
+def test_bundled_model_says_it_is_synthetic_and_warns_once(capsys):
+    from phaseedge.segmenter import default_model
+
+    try:
+        default_model()
+    except FileNotFoundError:
+        pytest.skip("this build has no bundled model")
+    assert main(["info", "default"]) == 0
+    out = capsys.readouterr().out
+    assert "trained_on: synthetic" in out and "docs/training.md" in out
+    with pytest.warns(UserWarning, match="synthetic") as record:
+        seg = Segmenter("default")
+        seg.segment(np.zeros((64, 64), np.uint8))
+        seg.segment(np.zeros((64, 64), np.uint8))
+    assert sum("synthetic" in str(w.message) for w in record) == 1
+    seg.close()
+
+
+def test_a_model_trained_on_real_data_does_not_warn(workdir):
+    import warnings
+
+    _, model = workdir  # its sidecar names no synthetic training data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Segmenter(model).segment(np.zeros((40, 40), np.uint8))

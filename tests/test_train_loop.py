@@ -114,6 +114,7 @@ def test_best_checkpoint_and_log(frames, tmp_path):
     assert summary["best_epoch"] == best["epoch"]
     model = checkpoint.load(out / "best")
     assert model.plm_enabled and model.config["class_names"] == NAMES
+    assert model.config["val_metrics"]["epoch"] == best["epoch"]  # the saved epoch's scores travel along
     with pytest.raises(ValueError, match="already holds a run"):
         fit(_cfg(epochs=1), train, val, out, progress=False)
 

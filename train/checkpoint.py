@@ -101,7 +101,8 @@ def load(directory: str | Path, map_location: str | torch.device = "cpu") -> Seg
     model.load_state_dict(state, strict=True)
     model.config["class_names"] = config["class_names"]
     model.config["normalization"] = config["normalization"]
-    model.config["pixel_size_m"] = config.get("pixel_size_m")
+    for key in ("pixel_size_m", "trained_on", "val_metrics"):
+        model.config[key] = config.get(key)
     return model.to(map_location).eval()
 
 

@@ -137,6 +137,9 @@ def build_config(args: argparse.Namespace) -> FitConfig:
     base.update({k: v for k, v in flags.items() if v is not None})
     if args.no_plm:
         base["plm"] = False
+    data = getattr(args, "data", None)
+    if data and not base.get("trained_on") and not args.resume:
+        base["trained_on"] = "synthetic" if data == "synth" else Path(data).resolve().name
     if args.class_names:
         base["class_names"] = [s.strip() for s in args.class_names.split(",") if s.strip()]
     return FitConfig.from_dict(base)

@@ -75,6 +75,7 @@ class FitConfig:
     select_classes: list[str] | None = None  # best epoch by mean Dice over these (None: all)
     lr_schedule: str = "poly"  # "poly": lr * (1 - it / total) ** 0.9 (nnU-Net); "constant"
     pixel_size_m: float | str | None = None  # train at one pixel size: metres, "median" or None
+    trained_on: str | None = None  # dataset name recorded in the checkpoint ("synthetic" for phaseedge.synth)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -292,6 +293,7 @@ def fit(
 
     model = build_model(cfg.model, n_classes, plm=cfg.plm, tile=cfg.tile, **cfg.model_kwargs)
     model.config["pixel_size_m"] = cfg.pixel_size_m
+    model.config["trained_on"] = cfg.trained_on
     if cfg.sam_checkpoint:  # frozen weights come from here, also on resume (the state holds trainables only)
         load_sam_checkpoint(model, cfg.sam_checkpoint)
     model = model.to(device)
@@ -410,7 +412,14 @@ def fit(
 
 
 def save_best(model: torch.nn.Module, where: Path, class_names: list[str], record: dict) -> None:
-    """LoRA-merged checkpoint (checkpoint.save merges a copy) plus the raw trainable state."""
+    """LoRA-merged checkpoint (checkpoint.save merges a copy) plus the raw trainable state;
+    the epoch's validation scores go into the config (and from there into the sidecar)."""
+    val = record["val"]
+    model.config["val_metrics"] = {
+        "epoch": record["epoch"], "ratio_accuracy": val.get("ratio_accuracy"), "images": val.get("images"),
+        "macro_dice": val.get("macro_dice"), "select_dice": val.get("select_dice"), "miou": val.get("miou"),
+        "per_class_dice": val.get("per_class_dice"), "fraction_mae": val.get("fraction_mae"),
+    }
     checkpoint.save(model, where, class_names=class_names)
     save_file(_trainable_state(model), str(where / "trainable.safetensors"))
     (where / "metrics.json").write_text(json.dumps(record, indent=1))

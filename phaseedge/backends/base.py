@@ -34,6 +34,7 @@ class Backend(abc.ABC):
     - ``precision``: "fp32", "fp16", ... (what actually runs, for reports)
     - ``device``: human-readable description of where it runs (e.g. "CPU", "cuda:0")
     - ``pixel_size_m``: metres per pixel of the model's training frames, or None
+    - ``trained_on``: what the model was trained on (sidecar/config), or None
     """
 
     name: str = "base"
@@ -45,6 +46,7 @@ class Backend(abc.ABC):
     precision: str = "fp32"
     device: str = "CPU"
     pixel_size_m: float | None = None
+    trained_on: str | None = None  # dataset name, "synthetic", or None when the model does not say
 
     @abc.abstractmethod
     def infer(self, images: np.ndarray, ratio: np.ndarray) -> np.ndarray:

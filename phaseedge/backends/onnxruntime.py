@@ -72,6 +72,7 @@ class OnnxRuntimeBackend(Backend):
         self.class_names = tuple(sc.class_names)
         self.normalization = dict(sc.normalization)
         self.pixel_size_m = sc.pixel_size_m
+        self.trained_on = sc.trained_on
         self.precision = sc.precision
         self.max_batch = sc.batch[2]
         self.gpu_id = int(device)

@@ -352,6 +352,7 @@ class TensorRTBackend(Backend):
         self.class_names = tuple(sc.class_names)
         self.normalization = dict(sc.normalization)
         self.pixel_size_m = sc.pixel_size_m
+        self.trained_on = sc.trained_on
         self.precision = sc.precision
         if max_batch is None:
             self.max_batch = sc.batch[2]

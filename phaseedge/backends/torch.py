@@ -64,6 +64,7 @@ class TorchBackend(Backend):
         self.class_names = tuple(str(c) for c in names)
         self.normalization = dict(config.get("normalization") or DEFAULT_NORMALIZATION)
         self.pixel_size_m = config.get("pixel_size_m")
+        self.trained_on = config.get("trained_on")
         self.max_batch = max_batch
         first = next(module.parameters(), None)
         self._torch_device = first.device if first is not None else torch.device("cpu")

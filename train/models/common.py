@@ -112,4 +112,6 @@ def make_config(
         "lora_alpha": lora_alpha,
         "merged": False,
         "pixel_size_m": None,  # set by training when frames are resampled to one pixel size
+        "trained_on": None,  # dataset name or "synthetic", set by training
+        "val_metrics": {},  # validation metrics of the saved epoch, set by training
     }
