@@ -52,7 +52,7 @@ def apply_override(config: dict, path: list[str], value: object) -> None:
     for k in path[:-1]:
         child = node.setdefault(k, {})
         if not isinstance(child, dict):
-            raise ValueError(f"--set {'.'.join(path)}: {k} is not a group of settings")
+            raise ValueError(f"--set {'.'.join(path)}: {k} is not a group of settings")  # noqa: TRY004 - a user error
         node = child
     node[path[-1]] = value
 
