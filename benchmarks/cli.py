@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from phaseedge.bench import accuracy, floor, host, latency
+from phaseedge.bench import accuracy, floor, forest, host, latency
 
 from phaseedge import __version__
 
-_COMMANDS = (latency, accuracy, floor, host)
+_COMMANDS = (latency, accuracy, floor, host, forest)
 
 
 def build_parser() -> argparse.ArgumentParser:
