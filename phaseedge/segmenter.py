@@ -135,6 +135,7 @@ class Segmenter:
         self._lock = threading.RLock()  # the backend: one frame at a time
         self._init_lock = threading.Lock()
         self._submit_lock = threading.Lock()  # submit's put and close's shutdown never interleave
+        self._space = threading.Condition(self._submit_lock)  # a queue slot freed, or the Segmenter closed
         self._closed = False
         self._queue: queue.Queue | None = None
         self._worker: threading.Thread | None = None
@@ -172,14 +173,30 @@ class Segmenter:
         self.close()
 
     def close(self) -> None:
-        """Finish queued `submit` work, stop the worker and release the backend."""
-        with self._submit_lock, self._init_lock:  # no submit is half-way while the worker stops
+        """Finish queued `submit` work, stop the worker and release the backend.
+
+        Afterwards every call that would segment raises RuntimeError (closing again is
+        fine). A `submit` waiting for room in the queue raises that error at once; every
+        frame already queued is segmented first, so each Future returned resolves.
+        """
+        with self._space, self._init_lock:  # no submit is half-way while the worker stops
             self._closed = True
             worker, q = self._worker, self._queue
             self._worker, self._queue = None, None
+            self._space.notify_all()  # waiting submits wake, see closed, raise
         if worker is not None and q is not None:
-            q.put(None)  # after the frames already queued
-            worker.join()
+            if worker is threading.current_thread():  # close() from a Future's callback: cannot wait for itself
+                while True:
+                    try:
+                        item = q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if item is not None and item[0].set_running_or_notify_cancel():
+                        item[0].set_exception(RuntimeError("this Segmenter was closed before the frame started"))
+                q.put_nowait(None)  # the worker stops when this callback returns
+            else:
+                q.put(None)  # after the frames already queued (waits while the worker frees a slot)
+                worker.join()
         with self._lock:
             if self._backend is not None and self._backend is not self.model:
                 self._backend.close()
@@ -261,11 +278,25 @@ class Segmenter:
                 image = dataclasses.replace(image, pixels=np.array(image.pixels, copy=True))
             else:
                 image = np.array(image, copy=True)
+        if block and timeout is not None and timeout < 0:
+            raise ValueError(f"timeout must be None or a non-negative number of seconds, got {timeout!r}")
         fut: Future = Future()
-        with self._submit_lock:  # close() waits for this put, then queues its stop after it
-            self._check_open()
-            self._start_worker().put((fut, image, r, return_probabilities), block=block, timeout=timeout)
-        return fut
+        item = (fut, image, r, return_probabilities)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        # The put happens under the lock close() takes, so close() queues its stop after it;
+        # waiting for room releases that lock (Condition.wait), so neither close() nor other
+        # submits (block=False, shorter timeouts) wait behind a full queue.
+        with self._space:
+            while True:
+                self._check_open()
+                try:
+                    self._start_worker().put_nowait(item)
+                    return fut
+                except queue.Full:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if not block or (left is not None and left <= 0):
+                        raise
+                self._space.wait(left)
 
     # ------------------------------------------------------------------ internals
     def _start_worker(self) -> queue.Queue:
@@ -280,6 +311,8 @@ class Segmenter:
     def _work(self, q: queue.Queue) -> None:
         while True:
             item = q.get()
+            with self._space:  # a slot is free: wake the submits waiting for one
+                self._space.notify_all()
             if item is None:
                 return
             fut, image, r, want_probs = item
