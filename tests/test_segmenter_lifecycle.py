@@ -46,34 +46,39 @@ def test_ratio_by_name_equals_ratio_in_class_order(graph):
 def test_submit_racing_close_never_leaves_a_future_unresolved(graph):
     frame = np.random.default_rng(2).integers(0, 65535, (40, 40), dtype=np.uint16)
     for _ in range(3):
-        seg = Segmenter(graph, queue_size=2)
-        futures, refused, start = [], [], threading.Barrier(9)
-        lock = threading.Lock()
+        _race_submit_and_close(graph, frame)
 
-        def producer() -> None:
-            start.wait()
-            for _ in range(20):
-                try:
-                    f = seg.submit(frame, block=True, timeout=30)
-                except RuntimeError as exc:
-                    with lock:
-                        refused.append(exc)
-                    continue
-                with lock:
-                    futures.append(f)
 
-        threads = [threading.Thread(target=producer) for _ in range(8)]
-        for t in threads:
-            t.start()
+def _race_submit_and_close(graph, frame) -> None:
+    """8 threads submit 20 frames each while the main thread closes the Segmenter."""
+    seg = Segmenter(graph, queue_size=2)
+    futures, refused, start = [], [], threading.Barrier(9)
+    lock = threading.Lock()
+
+    def producer() -> None:
         start.wait()
-        seg.close()
-        for t in threads:
-            t.join(60)
-            assert not t.is_alive()
-        for f in futures:  # every accepted frame resolves: a result, or the closed error
+        for _ in range(20):
             try:
-                assert f.result(timeout=30).labels.shape == (40, 40)
+                f = seg.submit(frame, block=True, timeout=30)
             except RuntimeError as exc:
-                assert "closed" in str(exc)
-        assert len(futures) + len(refused) == 8 * 20
-        assert all("closed" in str(e) for e in refused)
+                with lock:
+                    refused.append(exc)
+                continue
+            with lock:
+                futures.append(f)
+
+    threads = [threading.Thread(target=producer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    start.wait()
+    seg.close()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive()
+    for f in futures:  # every accepted frame resolves: a result, or the closed error
+        try:
+            assert f.result(timeout=30).labels.shape == (40, 40)
+        except RuntimeError as exc:
+            assert "closed" in str(exc)
+    assert len(futures) + len(refused) == 8 * 20
+    assert all("closed" in str(e) for e in refused)

@@ -13,10 +13,10 @@ import itertools
 import json
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import types
-import tempfile
 from pathlib import Path
 
 import numpy as np
