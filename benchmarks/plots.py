@@ -39,7 +39,7 @@ def alpha_position(alpha: str) -> float:
 
 
 def dice_vs_alpha(curves: Mapping[str, Mapping[str, float]], baselines: Mapping[str, float], path: str | Path,
-                  title: str = "Macro Dice vs ratio accuracy α") -> Path:
+                  title: str = "Macro Dice vs ratio accuracy α", ylabel: str = "macro Dice") -> Path:
     """Line per curve (label -> {α label: macro Dice}), horizontal dashed line per baseline."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
@@ -51,7 +51,7 @@ def dice_vs_alpha(curves: Mapping[str, Mapping[str, float]], baselines: Mapping[
     ticks = sorted({a for points in curves.values() for a in points}, key=alpha_position)
     ax.set_xticks([alpha_position(a) for a in ticks], ticks)
     ax.set_xlabel("ratio accuracy α of the expert's guess (none = no ratio given)")
-    ax.set_ylabel("macro Dice")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

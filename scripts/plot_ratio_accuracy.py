@@ -49,7 +49,8 @@ def main() -> None:
         with open(path) as f:
             curves[label] = _curve(json.load(f), False, args.group)
     baseline = _curve(base, False, args.group)["none"]
-    out = dice_vs_alpha(curves, {"U-Net baseline (no ratio)": baseline}, args.out, title=args.title)
+    ylabel = f"{args.group} Dice (%)" if args.group else "macro Dice (%)"
+    out = dice_vs_alpha(curves, {"U-Net baseline (no ratio)": baseline}, args.out, title=args.title, ylabel=ylabel)
     print(f"wrote {out}")
 
 

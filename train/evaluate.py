@@ -99,9 +99,12 @@ def parse_group(text: str) -> tuple[str, list[str]]:
 
 
 def _ignores_ratio(seg: Segmenter) -> bool:
-    """True when the model has no PLM: then one forward pass serves every ratio."""
+    """True when the model has no PLM and the ratio mode only feeds the ratio to the model
+    ("global", "none"): then one forward pass serves every ratio. The local and calibrate
+    modes use the ratio outside the model, so they run per ratio for any model."""
     module = getattr(seg.backend, "module", None)
-    return module is not None and not getattr(module, "plm_enabled", True)
+    plm_free = module is not None and not getattr(module, "plm_enabled", True)
+    return plm_free and seg.ratio_mode in ("global", "none")
 
 
 def evaluate(
