@@ -70,7 +70,7 @@ def pycromanager_processor(segmenter: Segmenter, ratio: Any = None, key: str = "
             out = dict(metadata)
             try:
                 out[key] = _summary(segmenter.segment(image, ratio=checked))
-            except Exception as exc:  # noqa: BLE001 - "record" means: never stop the acquisition
+            except Exception as exc:
                 if on_error == "raise":
                     raise
                 out[key] = failed(exc)
@@ -98,7 +98,7 @@ def pycromanager_processor(segmenter: Segmenter, ratio: Any = None, key: str = "
         out = dict(metadata)
         try:
             fut = segmenter.submit(image, ratio=checked)
-        except Exception as exc:  # noqa: BLE001 - a full queue or a closed Segmenter: recorded
+        except Exception as exc:
             if on_error == "raise":
                 raise
             out[key] = failed(exc)
