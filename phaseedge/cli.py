@@ -284,6 +284,7 @@ def segment_command(args: argparse.Namespace) -> int:
                 atomic_write(args.out / f"{stem}.json", (json.dumps(info, indent=2) + "\n").encode())
                 row.update({c: f"{result.fractions[c]:.6f}" for c in names})
                 row.update({f"{c}_pixels": int(k) for c, k in zip(names, result.counts)})
+                row.update({f"{c}_se": f"{u['se']:.6f}" for c, u in info["fraction_uncertainty"].items()})
                 row["ratio"] = "" if frame_ratio is None else " ".join(f"{v:.4f}" for v in frame_ratio)
                 row["seconds"] = f"{result.timings['total']:.3f}"
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
@@ -294,7 +295,8 @@ def segment_command(args: argparse.Namespace) -> int:
 
     csv_path = args.out / "fractions.csv"
     buf = io.StringIO(newline="")
-    fields = ["image", *names, *(f"{c}_pixels" for c in names), "model", "ratio", "ratio_mode", "seconds", "error"]
+    fields = ["image", *names, *(f"{c}_se" for c in names), *(f"{c}_pixels" for c in names), "model", "ratio",
+              "ratio_mode", "seconds", "error"]
     writer = csv.DictWriter(buf, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows({**r, "model": str(seg.model), "ratio_mode": args.ratio_mode} for r in rows)

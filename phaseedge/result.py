@@ -15,6 +15,10 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 
 _OVERLAY_ROWS = 512
+#: horizontal bands the fraction bootstrap resamples (a stand-in for other fields of view)
+UNCERTAINTY_BANDS = 16
+#: bootstrap draws; seeded, so the same labels always give the same interval
+BOOTSTRAP_DRAWS = 1000
 
 
 def palette(n: int) -> np.ndarray:
@@ -54,6 +58,39 @@ class Result:
         """float64 [n] fractions in class order."""
         return np.array([self.fractions[c] for c in self.class_names], dtype=np.float64)
 
+    def fraction_uncertainty(self, bands: int = UNCERTAINTY_BANDS, draws: int = BOOTSTRAP_DRAWS,
+                             level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
+        """Per phase: the bootstrap standard error and ``level`` interval of its fraction.
+
+        The frame is cut into ``bands`` horizontal strips and the strips are resampled with
+        replacement: how much the fraction would move on another, similar field of view. Pixels
+        outside a region of interest (label 255) are left out. With probabilities, ``soft`` is
+        the expected fraction (mean probability) beside the argmax count.
+        """
+        from phaseedge.outputs import EXCLUDED
+
+        n = len(self.class_names)
+        h = self.labels.shape[0]
+        bands = max(1, min(int(bands), h))
+        edges = np.linspace(0, h, bands + 1).round().astype(int)
+        # EXCLUDED (255) lands in bincount's last slot, outside [:n]
+        per_band = np.stack([np.bincount(self.labels[a:b].ravel(), minlength=256)[:n]
+                             for a, b in zip(edges[:-1], edges[1:])]).astype(np.float64)
+        rng = np.random.default_rng(seed)
+        picks = rng.integers(0, bands, size=(draws, bands))
+        sums = per_band[picks].sum(axis=1)  # [draws, n]
+        totals = sums.sum(axis=1, keepdims=True)
+        boot = np.divide(sums, totals, out=np.zeros_like(sums), where=totals > 0)
+        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
+        out = {c: {"fraction": self.fractions[c], "se": float(boot[:, i].std(ddof=1)) if draws > 1 else 0.0,
+                   "low": float(lo[i]), "high": float(hi[i])} for i, c in enumerate(self.class_names)}
+        if self.probabilities is not None:
+            inside = self.labels != EXCLUDED
+            soft = self.probabilities[:, inside].mean(axis=1, dtype=np.float64) if inside.any() else np.zeros(n)
+            for i, c in enumerate(self.class_names):
+                out[c]["soft"] = float(soft[i])
+        return out
+
     def within(self, roi: np.ndarray) -> Result:
         """This result restricted to a region of interest (bool [H, W], True = counted): pixels
         outside get label `phaseedge.outputs.EXCLUDED` and count for no phase."""
@@ -76,6 +113,7 @@ class Result:
         """A JSON-able summary (no arrays): what the CLI writes and adapters attach."""
         return {
             "fractions": dict(self.fractions),
+            "fraction_uncertainty": self.fraction_uncertainty(),
             "class_names": list(self.class_names),
             "pixel_counts": {c: int(k) for c, k in zip(self.class_names, self.counts)},
             "shape": list(self.labels.shape),
@@ -108,18 +146,21 @@ class Result:
             grey = apply(frame[y: y + _OVERLAY_ROWS], lo, hi)[..., None] * 255.0
             out[y: y + _OVERLAY_ROWS] = np.clip(table[lab] * a + grey * (1.0 - a) + 0.5, 0, 255).astype(np.uint8)
         if legend:
-            _draw_legend(out, self.class_names, self.fraction_vector, colours)
+            unc = self.fraction_uncertainty()
+            _draw_legend(out, self.class_names, self.fraction_vector, colours,
+                         np.array([unc[c]["se"] for c in self.class_names]))
         return out
 
 
-def _draw_legend(img: np.ndarray, names: tuple[str, ...], fractions: np.ndarray, colours: np.ndarray) -> None:
+def _draw_legend(img: np.ndarray, names: tuple[str, ...], fractions: np.ndarray, colours: np.ndarray,
+                 errors: np.ndarray) -> None:
     import cv2
 
     h, w = img.shape[:2]
     scale = max(0.35, min(h, w) / 1200)
     thick = max(1, round(scale * 1.5))
     line = int(28 * scale) + 6
-    texts = [f"{n}  {100 * f:.1f}%" for n, f in zip(names, fractions)]
+    texts = [f"{n}  {100 * f:.1f}% +/- {100 * e:.1f}" for n, f, e in zip(names, fractions, errors)]
     tw = max(cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] for t in texts)
     box_w = min(w, tw + line + 16)
     box_h = min(h, line * len(texts) + 8)

@@ -241,3 +241,39 @@ def test_a_model_trained_on_real_data_does_not_warn(workdir):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Segmenter(model).segment(np.zeros((40, 40), np.uint8))
+
+
+def test_fractions_come_with_bootstrap_error_bars():
+    from phaseedge.result import Result
+
+    names = ("a", "b")
+    striped = np.zeros((64, 32), np.uint8)
+    striped[::2] = 1  # every band holds the same mix: no spread
+    blocky = np.zeros((64, 32), np.uint8)
+    blocky[:32] = 1  # half the bands all a, half all b: a large spread
+    res = []
+    for lab in (striped, blocky):
+        counts = np.bincount(lab.ravel(), minlength=2)
+        res.append(Result(labels=lab, fractions={"a": counts[0] / lab.size, "b": counts[1] / lab.size},
+                          class_names=names, counts=counts))
+    flat, spread = (r.fraction_uncertainty() for r in res)
+    assert flat["a"]["se"] == 0 and flat["a"]["low"] == flat["a"]["high"] == 0.5
+    assert spread["a"]["se"] > 0.05 and spread["a"]["low"] < 0.5 < spread["a"]["high"]
+    assert res[1].fraction_uncertainty() == spread  # seeded: repeatable
+    probs = np.stack([np.full((64, 32), 0.7, np.float32), np.full((64, 32), 0.3, np.float32)])
+    soft = Result(labels=striped, fractions=res[0].fractions, class_names=names, counts=res[0].counts,
+                  probabilities=probs).fraction_uncertainty()
+    assert soft["a"]["soft"] == pytest.approx(0.7)
+    roi = np.ones((64, 32), bool)
+    roi[:, 16:] = False
+    assert res[1].within(roi).fraction_uncertainty()["a"]["fraction"] == pytest.approx(0.5)
+
+
+def test_csv_and_json_carry_the_error_bars(workdir):
+    d, model = workdir
+    out = d / "err"
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(out)]) == 0
+    info = json.loads((out / "a.json").read_text())
+    assert set(info["fraction_uncertainty"]) == {"ferrite", "martensite", "bainite"}
+    row = _rows(out / "fractions.csv")[0]
+    assert float(row["ferrite_se"]) == pytest.approx(info["fraction_uncertainty"]["ferrite"]["se"], abs=1e-6)
