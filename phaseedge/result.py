@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -75,7 +76,7 @@ class Result:
         edges = np.linspace(0, h, bands + 1).round().astype(int)
         # EXCLUDED (255) lands in bincount's last slot, outside [:n]
         per_band = np.stack([np.bincount(self.labels[a:b].ravel(), minlength=256)[:n]
-                             for a, b in zip(edges[:-1], edges[1:])]).astype(np.float64)
+                             for a, b in itertools.pairwise(edges)]).astype(np.float64)
         rng = np.random.default_rng(seed)
         picks = rng.integers(0, bands, size=(draws, bands))
         sums = per_band[picks].sum(axis=1)  # [draws, n]
