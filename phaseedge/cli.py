@@ -24,8 +24,10 @@ from phaseedge import __version__
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
-def _ratio_arg(text: str) -> list[float] | dict[str, float]:
-    """``0.6,0.3,0.1`` (the model's class order) or ``ferrite=0.6,martensite=0.3,...``."""
+def _ratio_arg(text: str) -> list[float] | dict[str, float] | str:
+    """``0.6,0.3,0.1`` (the model's class order), ``ferrite=0.6,martensite=0.3,...`` or ``auto``."""
+    if text.strip().lower() == "auto":
+        return "auto"
     parts = [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
     if not parts:
         raise argparse.ArgumentTypeError("ratio is empty")
@@ -92,8 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", type=Path, required=True, help="output directory (created)")
     seg.add_argument("--ratio", type=_ratio_arg, default=None,
                      help="expert phase ratio by name, e.g. ferrite=0.6,martensite=0.3,bainite=0.1 (case-"
-                          "insensitive; phases left out count 0), or in the model's class order, e.g. "
-                          "0.6,0.3,0.1 (default: unknown; an unknown name lists the model's classes)")
+                          "insensitive; phases left out count 0), in the model's class order, e.g. 0.6,0.3,0.1, "
+                          "or 'auto' (the model's own ratio-free estimate, then used as the ratio) (default: "
+                          "unknown; an unknown name lists the model's classes)")
     seg.add_argument("--ratio-file", type=Path, default=None,
                      help="CSV with one row per image: image,<phase>,<phase>,... (overrides --ratio for "
                           "the images it lists)")
@@ -228,7 +231,7 @@ def segment_command(args: argparse.Namespace) -> int:
                         model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9,
                         tta=args.tta)
         seg.__enter__()  # load now: a model that does not load is one message, not N
-        ratio = ratio_mod.validate(args.ratio, seg.n_classes, seg.class_names)
+        ratio = "auto" if args.ratio == "auto" else ratio_mod.validate(args.ratio, seg.n_classes, seg.class_names)
         per_image = {}
         if args.ratio_file is not None:  # every row is checked before the first image runs
             per_image = {stem: ratio_mod.validate(r, seg.n_classes, seg.class_names)
@@ -285,7 +288,9 @@ def segment_command(args: argparse.Namespace) -> int:
                 row.update({c: f"{result.fractions[c]:.6f}" for c in names})
                 row.update({f"{c}_pixels": int(k) for c, k in zip(names, result.counts)})
                 row.update({f"{c}_se": f"{u['se']:.6f}" for c, u in info["fraction_uncertainty"].items()})
-                row["ratio"] = "" if frame_ratio is None else " ".join(f"{v:.4f}" for v in frame_ratio)
+                used = result.ratio
+                row["ratio"] = "" if used is None else " ".join(f"{v:.4f}" for v in used)
+                row["ratio_source"] = result.ratio_source or ""
                 row["seconds"] = f"{result.timings['total']:.3f}"
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 failed += 1
@@ -296,7 +301,7 @@ def segment_command(args: argparse.Namespace) -> int:
     csv_path = args.out / "fractions.csv"
     buf = io.StringIO(newline="")
     fields = ["image", *names, *(f"{c}_se" for c in names), *(f"{c}_pixels" for c in names), "model", "ratio",
-              "ratio_mode", "seconds", "error"]
+              "ratio_source", "ratio_mode", "seconds", "error"]
     writer = csv.DictWriter(buf, fieldnames=fields, restval="")
     writer.writeheader()
     writer.writerows({**r, "model": str(seg.model), "ratio_mode": args.ratio_mode} for r in rows)

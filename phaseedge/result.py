@@ -53,6 +53,7 @@ class Result:
     ratio: np.ndarray | None = None
     ratio_mode: str = "global"
     backend: str = ""
+    ratio_source: str | None = None  # "given", "auto" (estimated by the model), or None (no ratio)
 
     @property
     def fraction_vector(self) -> np.ndarray:
@@ -120,6 +121,7 @@ class Result:
             "shape": list(self.labels.shape),
             "ratio": None if self.ratio is None else [float(r) for r in self.ratio],
             "ratio_mode": self.ratio_mode,
+            "ratio_source": self.ratio_source,
             "backend": self.backend,
             "timings": dict(self.timings),
         }

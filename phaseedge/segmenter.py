@@ -35,6 +35,8 @@ from phaseedge.result import Result
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
 
 RATIO_MODES = ("global", "local", "calibrate", "none")
+#: ``ratio="auto"``: estimate the frame's fractions with a ratio-free pass, then use them as the ratio
+AUTO = "auto"
 #: tiles the calibrate mode's first pass looks at (evenly spread over the grid)
 CALIBRATE_TILES = 32
 #: pixel stride inside each of those tiles when sampling probabilities for the prior shift
@@ -211,9 +213,11 @@ class Segmenter:
         if self._closed:
             raise RuntimeError("this Segmenter is closed; create a new one")
 
-    def _ratio(self, ratio: Any) -> np.ndarray | None:
-        """The checked ratio: a vector in class order or a mapping by class name."""
+    def _ratio(self, ratio: Any) -> np.ndarray | str | None:
+        """The checked ratio: a vector in class order, a mapping by class name, or "auto"."""
         self._check_open()
+        if isinstance(ratio, str) and ratio == AUTO:
+            return AUTO
         return ratio_mod.validate(ratio, self.n_classes, self.class_names)
 
     def segment(self, image: Any, ratio: Any = None, return_probabilities: bool = False) -> Result:
@@ -222,7 +226,9 @@ class Segmenter:
 
         ratio: the expert's phase ratio (length n_classes in class order, or a mapping by
         class name such as ``{"martensite": 0.3, "ferrite": 0.7}``; any positive scale; None
-        or zeros = unknown), checked by `phaseedge.ratio.validate`. How it is used depends
+        or zeros = unknown; ``"auto"``: the model's own ratio-free estimate of the frame's fractions,
+        from a first pass, then used as the ratio — `Result.ratio_source` says which), checked by
+        `phaseedge.ratio.validate`. How it is used depends
         on ``ratio_mode``: "global" feeds it to every tile; "local" first runs a
         ratio-free pass, estimates each tile's fractions, rescales them (iterative
         proportional fitting) so the frame total matches the ratio while each tile stays
@@ -359,6 +365,14 @@ class Segmenter:
             timings = {"prepare": p.seconds, "survey": 0.0, "tiles": 0.0, "stitch": 0.0, "finish": 0.0}
             zeros = np.zeros((grid.n_tiles, n), np.float32)
             tile_ratios, class_weights = zeros, None
+            source = None if r is None else "given"
+            if isinstance(r, str):  # AUTO: the model's own ratio-free estimate of the frame
+                t = time.perf_counter()
+                fractions = self._tile_fractions(p, grid, batches, zeros, timings)
+                area = grid.owned_area().astype(np.float64)
+                r = ratio_mod.validate((fractions * area[:, None]).sum(axis=0), n)
+                source = "auto"
+                timings["survey"] += time.perf_counter() - t
             mode = self.ratio_mode if r is not None else "none"
             if mode == "global":
                 tile_ratios = np.ascontiguousarray(np.broadcast_to(r, zeros.shape))
@@ -366,13 +380,13 @@ class Segmenter:
                 t = time.perf_counter()
                 fractions = self._tile_fractions(p, grid, batches, zeros, timings)
                 tile_ratios = local_ratios(fractions, grid.owned_area(), r)
-                timings["survey"] = time.perf_counter() - t
+                timings["survey"] += time.perf_counter() - t
             elif mode == "calibrate":
                 t = time.perf_counter()
                 sample = self._probability_sample(p, grid, bs, timings)
                 shift = ratio_mod.prior_shift(sample, r)
                 class_weights = np.exp(shift - shift.max()).astype(np.float32)
-                timings["survey"] = time.perf_counter() - t
+                timings["survey"] += time.perf_counter() - t
             t, tiles_before = time.perf_counter(), timings["tiles"]
             # a resampled frame keeps its probabilities: its labels are their argmax at frame resolution
             keep_probs = want_probs or p.original_shape is not None
@@ -392,7 +406,7 @@ class Segmenter:
         names = tuple(backend.class_names)
         return Result(labels=labels, fractions={c: int(k) / total for c, k in zip(names, counts)},
                       class_names=names, counts=counts, timings=timings, probabilities=probs, ratio=r,
-                      ratio_mode=self.ratio_mode, backend=backend.name)
+                      ratio_mode=self.ratio_mode, backend=backend.name, ratio_source=source)
 
     def _stream(self, p: _Prepared, origins: np.ndarray, ratios: np.ndarray, batches: list[slice],
                 timings: dict[str, float]) -> Iterator[tuple[slice, np.ndarray]]:

@@ -82,3 +82,16 @@ def _race_submit_and_close(graph, frame) -> None:
             assert "closed" in str(exc)
     assert len(futures) + len(refused) == 8 * 20
     assert all("closed" in str(e) for e in refused)
+
+
+def test_auto_ratio_is_the_models_own_ratio_free_estimate(graph):
+    frame = np.random.default_rng(3).integers(0, 65535, (70, 90), dtype=np.uint16)
+    with Segmenter(graph) as seg:
+        free = seg.segment(frame, return_probabilities=True)
+        auto = seg.segment(frame, ratio="auto")
+        assert free.ratio_source is None and auto.ratio_source == "auto"
+        soft = free.probabilities.mean(axis=(1, 2))
+        np.testing.assert_allclose(auto.ratio, soft / soft.sum(), atol=0.02)  # tile means, owned-area weighted
+        given = seg.segment(frame, ratio=auto.ratio)
+        assert np.array_equal(given.labels, auto.labels) and given.ratio_source == "given"
+        assert auto.timings["survey"] > 0

@@ -35,14 +35,14 @@ from phaseedge.segmenter import RATIO_MODES, Segmenter
 
 
 def parse_accuracy(text: str) -> float | str:
-    """``none``, ``exact`` or a number in [0, 1]."""
-    if text in ("none", "exact"):
+    """``none``, ``exact``, ``auto`` (the model's own estimate, `Segmenter` ratio="auto") or a number in [0, 1]."""
+    if text in ("none", "exact", "auto"):
         return text
     try:
         a = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"ratio accuracy must be none, exact or a number, got {text!r}"
+            f"ratio accuracy must be none, exact, auto or a number, got {text!r}"
         ) from None
     if not 0.0 <= a <= 1.0:
         raise argparse.ArgumentTypeError(f"ratio accuracy must be in [0, 1], got {a}")
@@ -53,10 +53,12 @@ def parse_accuracies(text: str) -> list[float | str]:
     return [parse_accuracy(t.strip()) for t in text.split(",") if t.strip()]
 
 
-def simulated_ratio(truth: np.ndarray, accuracy: float | str) -> np.ndarray | None:
+def simulated_ratio(truth: np.ndarray, accuracy: float | str) -> np.ndarray | str | None:
     """The expert's ratio for one frame from its true fractions."""
     if accuracy == "none":
         return None
+    if accuracy == "auto":
+        return "auto"
     if accuracy == "exact":
         return truth.astype(np.float32)
     return ratio_ops.guess(truth, float(accuracy))
@@ -145,7 +147,7 @@ def evaluate(
                 ).probabilities
                 bar.update()
             for c in calibrations:
-                p = ratio_ops.calibrate(probs, r) if c and r is not None else probs
+                p = ratio_ops.calibrate(probs, r) if c and isinstance(r, np.ndarray) else probs
                 labels = p.argmax(axis=0).astype(np.uint8)
                 cms[(a, c)].update(labels, it.mask)
                 pred = np.bincount(labels.ravel(), minlength=n)[:n] / labels.size
