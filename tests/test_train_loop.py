@@ -145,7 +145,31 @@ def test_training_at_one_pixel_size_is_recorded_in_the_checkpoint(frames, tmp_pa
         fit(_cfg(epochs=1, pixel_size_m=2e-8), frames[0], frames[1], tmp_path / "nopx", progress=False)
 
 
+def test_bf16_channels_last_training_tracks_fp32_and_saves_a_plain_checkpoint(frames, tmp_path):
+    """The CPU speed setting (bf16 autocast, NHWC): same first-epoch loss as fp32 to bf16's
+    precision, a deterministic rerun, and a best checkpoint that loads as a contiguous model."""
+    train, val = frames
+    fast = {"precision": "bf16", "channels_last": True}
+    runs = {name: tmp_path / name for name in ("fp32", "bf16", "bf16-again")}
+    fit(_cfg(epochs=1), train, val, runs["fp32"], progress=False)
+    fit(_cfg(epochs=1, **fast), train, val, runs["bf16"], progress=False)
+    fit(_cfg(epochs=1, **fast), train, val, runs["bf16-again"], progress=False)
+    loss = {k: json.loads((d / "log.jsonl").read_text().splitlines()[0])["train"]["loss"] for k, d in runs.items()}
+    assert loss["bf16"] == loss["bf16-again"]
+    assert loss["bf16"] != loss["fp32"] and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05)
+    model = checkpoint.load(runs["bf16"] / "best")
+    assert all(p.is_contiguous() for p in model.parameters())
+    assert json.loads((runs["bf16"] / "config.json").read_text())["precision"] == "bf16"
+
+
 def test_bad_settings_are_refused():
+    with pytest.raises(ValueError, match="precision"):
+        FitConfig.from_dict({"precision": "int8"})
+    from phaseedge.train.loop import autocast_dtype
+
+    with pytest.raises(ValueError, match="CUDA"):
+        autocast_dtype("fp16", torch.device("cpu"))
+    assert autocast_dtype("auto", torch.device("cpu")) is None
     with pytest.raises(ValueError, match="unknown training settings"):
         FitConfig.from_dict({"epochz": 3})
     with pytest.raises(ValueError, match="alpha_min"):

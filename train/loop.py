@@ -50,6 +50,17 @@ from tqdm import tqdm
 from phaseedge.segmenter import RATIO_MODES, Segmenter
 
 STATE_VERSION = 1
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype a precision setting means on ``device`` (None: plain fp32).
+    fp16 needs a GradScaler and CUDA; bf16 has fp32's range and runs on CPUs too."""
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("precision 'fp16' needs a CUDA device; use 'bf16' on a CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 @dataclass
@@ -68,7 +79,8 @@ class FitConfig:
     crops_per_epoch: int | None = None  # default: training area / tile area, at least 8 batches
     max_minutes: float | None = None
     seed: int = 0
-    amp: bool | None = None  # None: on when training on CUDA
+    precision: str = "auto"  # autocast: "auto" (fp16 on CUDA, fp32 on CPU), "fp32", "bf16", "fp16" (CUDA)
+    channels_last: bool = False  # NHWC activations: with bf16, 2.3x faster U-Net steps on a CPU (docs/results.md)
     num_threads: int = 1  # OpenMP threads spin-wait when cores are shared: 1 is far faster on a busy box
     val_ratio_accuracy: float | None = 0.9
     val_ratio_mode: str = "global"  # how validation feeds the ratio (a Segmenter ratio_mode)
@@ -109,6 +121,8 @@ class FitConfig:
             raise ValueError(f"val_ratio_accuracy must be in [0, 1] or null, got {self.val_ratio_accuracy}")
         if self.val_ratio_mode not in RATIO_MODES:
             raise ValueError(f"val_ratio_mode must be one of {', '.join(RATIO_MODES)}, got {self.val_ratio_mode!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.lr_schedule not in ("poly", "constant"):
             raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
         ps = self.pixel_size_m
@@ -287,19 +301,18 @@ def fit(
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    amp = cfg.amp if cfg.amp is not None else device.type == "cuda"
-    if amp and device.type != "cuda":
-        raise ValueError("amp needs a CUDA device")
+    cast = autocast_dtype(cfg.precision, device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     model = build_model(cfg.model, n_classes, plm=cfg.plm, tile=cfg.tile, **cfg.model_kwargs)
     model.config["pixel_size_m"] = cfg.pixel_size_m
     model.config["trained_on"] = cfg.trained_on
     if cfg.sam_checkpoint:  # frozen weights come from here, also on resume (the state holds trainables only)
         load_sam_checkpoint(model, cfg.sam_checkpoint)
-    model = model.to(device)
+    model = model.to(device, memory_format=fmt)
     params = model.trainable_parameters()
     opt = torch.optim.Adam(params, lr=cfg.lr)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=cast == torch.float16)
     weights = torch.from_numpy(resolve_class_weights(cfg.loss, class_frequencies(train_items, n_classes)))
     sampler = CropSampler(train_items, cfg.tile, cfg.augment)
     frame_ratios = np.stack([it.fractions(n_classes) for it in train_items])
@@ -342,7 +355,8 @@ def fit(
                     group["lr"] = poly_lr(cfg.lr, epoch * steps_per_epoch + step, total_steps, cfg.lr_schedule)
                 r_true = true_ratios(masks, n_classes)
                 images, masks, r_in, r_true = (t.to(device) for t in (images, masks, r_in, r_true))
-                with torch.autocast(device.type, dtype=torch.float16, enabled=amp):
+                images = images.contiguous(memory_format=fmt)
+                with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
                     logits = model(images, r_in)
                 loss, parts = segmentation_loss(logits, masks, r_true, weights, cfg.loss)
                 opt.zero_grad(set_to_none=True)
