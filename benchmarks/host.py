@@ -24,65 +24,35 @@ from phaseedge.bench.models import parse_frame
 
 from phaseedge import hostops
 from phaseedge.normalize import frame_range
+from phaseedge.stitch import stitch
 from phaseedge.tiling import BLENDS, TileGrid
 
-#: "shift" (sliding the band, plain numpy in both) is host work of the Segmenter too
-STEPS = ("gather", "accumulate", "finish", "shift")
-
-
-def _shift_band(acc: np.ndarray, wsum: np.ndarray, rows: int) -> None:
-    """Drop the first `rows` finished rows of the band, zero the freed rows (as the Segmenter)."""
-    keep = wsum.shape[0] - rows
-    for s in range(0, keep, rows):  # chunks of `rows`: source and destination never overlap
-        e = min(s + rows, keep)
-        acc[:, s:e] = acc[:, s + rows:e + rows]
-        wsum[s:e] = wsum[s + rows:e + rows]
-    acc[:, keep:] = 0.0
-    wsum[keep:] = 0.0
+#: finish includes sliding the band (plain numpy in both), as in the Segmenter
+STEPS = ("gather", "accumulate", "finish")
 
 
 def host_frame(impl: ModuleType, frame: np.ndarray, lo: float, hi: float, grid: TileGrid, batches: list[slice],
                blend: str, fake_probs: np.ndarray) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """One frame's host work with `impl` (hostops.numpy_impl or the native module).
+    """One frame's host work with `impl` (hostops.numpy_impl or the native module), through the
+    runtime's own `phaseedge.stitch.stitch`; the backend is replaced by ``fake_probs``.
 
     Returns (seconds per step, labels, counts)."""
-    h, w = frame.shape
-    n, t = fake_probs.shape[1], grid.tile
-    cols = len(grid.xs)
-    wy_rows, wx_cols = grid.windows(blend)
-    origins = grid.origins
-    band = grid.band_height(batches)
-    acc = np.zeros((n, band, w), np.float32)
-    wsum = np.zeros((band, w), np.float32)
-    labels = np.empty((h, w), np.uint8)
-    counts = np.zeros(n, np.int64)
+    t = grid.tile
     tiles = np.empty((fake_probs.shape[0], 1, t, t), np.float16)
-    times = dict.fromkeys(STEPS, 0.0)
-    top = 0
-    for sl in batches:
-        k = sl.stop - sl.start
-        idx = np.arange(sl.start, sl.stop)
-        t0 = time.perf_counter()
-        impl.gather_tiles(frame, origins[sl], t, lo, hi, tiles[:k])
-        t1 = time.perf_counter()
-        rel = origins[sl].copy()
-        rel[:, 0] -= top
-        impl.accumulate(acc, wsum, fake_probs[:k], rel, np.ascontiguousarray(wy_rows[idx // cols]),
-                        np.ascontiguousarray(wx_cols[idx % cols]))
-        t2 = time.perf_counter()
-        done = grid.final_row_after(sl.stop)
-        t3 = t2
-        if done > top:
-            impl.finish(acc, wsum, done - top, labels[top:done], counts)
-            t3 = time.perf_counter()
-            _shift_band(acc, wsum, done - top)
-            top = done
-        t4 = time.perf_counter()
-        times["gather"] += t1 - t0
-        times["accumulate"] += t2 - t1
-        times["finish"] += t3 - t2
-        times["shift"] += t4 - t3
-    return times, labels, counts
+    times: dict[str, float] = {"gather": 0.0}
+
+    def fake_backend():
+        for sl in batches:
+            k = sl.stop - sl.start
+            t0 = time.perf_counter()
+            impl.gather_tiles(frame, grid.origins[sl], t, lo, hi, tiles[:k])
+            times["gather"] += time.perf_counter() - t0
+            yield sl, fake_probs[:k]
+
+    labels, counts, _ = stitch(fake_backend(), grid, batches, blend, fake_probs.shape[1], frame.shape, None,
+                               False, times, ops=impl)
+    return {"gather": times["gather"], "accumulate": times.get("stitch", 0.0),
+            "finish": times.get("finish", 0.0)}, labels, counts
 
 
 def run_host(frame_hw: tuple[int, int], classes: int, overlap: float, tile: int, batch: int, blend: str,

@@ -24,8 +24,9 @@ from phaseedge import __version__
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
 
-def _ratio_arg(text: str) -> list[float] | dict[str, float] | str:
-    """``0.6,0.3,0.1`` (the model's class order), ``ferrite=0.6,martensite=0.3,...`` or ``auto``."""
+def _ratio_arg(text: str) -> list[float] | dict[str, float | str] | str:
+    """``0.6,0.3,0.1`` (the model's class order), ``ferrite=0.6,martensite=0.3,...``, ``auto``,
+    or a partial ratio ``martensite=0.10,rest=auto``."""
     if text.strip().lower() == "auto":
         return "auto"
     parts = [v.strip() for v in text.replace(";", ",").split(",") if v.strip()]
@@ -36,17 +37,19 @@ def _ratio_arg(text: str) -> list[float] | dict[str, float] | str:
         raise argparse.ArgumentTypeError(f"give every phase by name or none: {text!r}")
     try:
         if all(named):
-            out: dict[str, float] = {}
+            out: dict[str, float | str] = {}
             for p in parts:
                 name, _, value = p.partition("=")
                 if name.strip().lower() in (k.lower() for k in out):
                     raise argparse.ArgumentTypeError(f"ratio names {name.strip()!r} twice")
-                out[name.strip()] = float(value)
+                rest = name.strip().lower() == "rest" and value.strip().lower() == "auto"
+                out[name.strip()] = "auto" if rest else float(value)
             return out
         return [float(v) for v in parts]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"ratio must be numbers (0.6,0.3,0.1) or name=number pairs (ferrite=0.6,...), got {text!r}"
+            f"ratio must be numbers (0.6,0.3,0.1), name=number pairs (ferrite=0.6,...), 'auto' or a partial "
+            f"ratio (martensite=0.10,rest=auto), got {text!r}"
         ) from None
 
 
@@ -95,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--ratio", type=_ratio_arg, default=None,
                      help="expert phase ratio by name, e.g. ferrite=0.6,martensite=0.3,bainite=0.1 (case-"
                           "insensitive; phases left out count 0), in the model's class order, e.g. 0.6,0.3,0.1, "
-                          "or 'auto' (the model's own ratio-free estimate, then used as the ratio) (default: "
+                          "'auto' (the model's own ratio-free estimate, then used as the ratio), or a partial "
+                          "ratio such as martensite=0.10,rest=auto (named fractions fixed, the rest estimated) (default: "
                           "unknown; an unknown name lists the model's classes)")
     seg.add_argument("--ratio-file", type=Path, default=None,
                      help="CSV with one row per image: image,<phase>,<phase>,... (overrides --ratio for "
@@ -231,7 +235,7 @@ def segment_command(args: argparse.Namespace) -> int:
                         model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9,
                         tta=args.tta)
         seg.__enter__()  # load now: a model that does not load is one message, not N
-        ratio = "auto" if args.ratio == "auto" else ratio_mod.validate(args.ratio, seg.n_classes, seg.class_names)
+        ratio = ratio_mod.check(args.ratio, seg.n_classes, seg.class_names)
         per_image = {}
         if args.ratio_file is not None:  # every row is checked before the first image runs
             per_image = {stem: ratio_mod.validate(r, seg.n_classes, seg.class_names)

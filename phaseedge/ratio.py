@@ -11,6 +11,7 @@ match a given ratio.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,10 @@ MIN_RATIO = 1e-3
 MAX_SHIFT = 20.0
 #: calibration estimates the shift on at most this many pixels (strided subsample)
 MAX_SAMPLES = 1 << 20
+#: the ratio the model estimates itself (``ratio="auto"``; ``"rest": "auto"`` in a partial ratio)
+AUTO = "auto"
+#: the key of a partial ratio that stands for every class not named
+REST = "rest"
 
 
 def _check_n(n_classes: int) -> int:
@@ -91,6 +96,77 @@ def by_name(ratio: Mapping[str, Any], class_names: Sequence[str]) -> list[float]
             raise TypeError(f"ratio for {name!r} must be a number, got {value!r}")
         out[i] = float(value)
     return out
+
+
+@dataclass(frozen=True)
+class Partial:
+    """A ratio that fixes some classes' fractions and leaves the rest to the frame: "about 10 %
+    martensite, the rest as the model sees it" (``{"martensite": 0.10, "rest": "auto"}``)."""
+
+    known: tuple[tuple[int, float], ...]  # (class index, fraction of the frame in [0, 1])
+    n_classes: int
+
+    def complete(self, estimate) -> np.ndarray:
+        """The full ratio: the named fractions as given, the remaining share split over the
+        other classes in proportion to ``estimate`` (the model's own fractions; evenly where
+        it sees none of them)."""
+        est = np.clip(np.asarray(estimate, np.float64), 0.0, None)
+        if est.shape != (self.n_classes,) or not np.all(np.isfinite(est)):
+            raise ValueError(f"estimate must be {self.n_classes} finite fractions, got {estimate!r}")
+        r = np.zeros(self.n_classes)
+        named = [i for i, _ in self.known]
+        for i, v in self.known:
+            r[i] = v
+        rest = np.setdiff1d(np.arange(self.n_classes), named)
+        share = max(0.0, 1.0 - r.sum())
+        if rest.size:
+            e = est[rest]
+            r[rest] = share * (e / e.sum() if e.sum() > 0 else np.full(rest.size, 1.0 / rest.size))
+        out = validate(r, self.n_classes)
+        if out is None:
+            raise ValueError("the partial ratio names only zero fractions and leaves no other class")
+        return out
+
+
+def partial(ratio: Mapping[str, Any], class_names: Sequence[str]) -> Partial:
+    """``{"martensite": 0.10, "rest": "auto"}`` -> a `Partial`. Named values are fractions of
+    the frame (not relative weights): each in [0, 1], together at most 1."""
+    items = dict(ratio)
+    rest = next((k for k in items if isinstance(k, str) and k.strip().lower() == REST), None)
+    if rest is None or not (isinstance(items[rest], str) and items[rest].strip().lower() == AUTO):
+        raise ValueError(f"a partial ratio needs \"{REST}\": \"{AUTO}\" beside the named fractions, got {ratio!r}")
+    del items[rest]
+    if not items:
+        raise ValueError("a partial ratio names at least one class; for none use ratio='auto'")
+    vector = by_name(items, class_names)
+    for name, value in items.items():
+        if not np.isfinite(value) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"partial ratio: {name!r} must be a fraction of the frame in [0, 1], got {value!r}")
+    named = {i for i, c in enumerate(class_names) if c.lower() in {k.strip().lower() for k in items}}
+    total = sum(vector)
+    if total > 1.0 + 1e-6:
+        raise ValueError(f"partial ratio: the named fractions sum to {total:.3f} > 1, leaving nothing for the rest")
+    if len(named) == len(class_names):
+        raise ValueError("partial ratio names every class; drop \"rest\" and give the ratio itself")
+    return Partial(tuple((i, vector[i]) for i in sorted(named)), len(class_names))
+
+
+def check(ratio, n_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray | str | Partial | None:
+    """Any ratio a user may give: a vector or mapping (`validate`), ``"auto"``, or a partial
+    mapping with ``"rest": "auto"`` (`partial`); an already checked `Partial` passes."""
+    if isinstance(ratio, Partial):
+        if ratio.n_classes != _check_n(n_classes):
+            raise ValueError(f"partial ratio for {ratio.n_classes} classes but the model has {n_classes}")
+        return ratio
+    if isinstance(ratio, str):
+        if ratio.strip().lower() == AUTO:
+            return AUTO
+        raise ValueError(f"a ratio given as text must be {AUTO!r}, got {ratio!r}")
+    if isinstance(ratio, Mapping) and any(isinstance(k, str) and k.strip().lower() == REST for k in ratio):
+        if class_names is None or len(class_names) != _check_n(n_classes):
+            raise ValueError("a partial ratio needs the model's class names")
+        return partial(ratio, class_names)
+    return validate(ratio, n_classes, class_names)
 
 
 def validate(ratio, n_classes: int, class_names: Sequence[str] | None = None) -> np.ndarray | None:

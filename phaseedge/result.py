@@ -53,7 +53,7 @@ class Result:
     ratio: np.ndarray | None = None
     ratio_mode: str = "global"
     backend: str = ""
-    ratio_source: str | None = None  # "given", "auto" (estimated by the model), or None (no ratio)
+    ratio_source: str | None = None  # "given", "auto" (estimated by the model), "partial" (named + estimated), None
 
     @property
     def fraction_vector(self) -> np.ndarray:

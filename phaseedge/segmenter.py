@@ -18,31 +18,23 @@ import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from phaseedge import hostops
 from phaseedge import ratio as ratio_mod
-from phaseedge import tta as tta_mod
-from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend
+from phaseedge import strategies
+from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend, is_remote
 from phaseedge.normalize import check_frame, frame_range
 from phaseedge.resample import RESCALE_TOLERANCE, resample_frame, to_shape
 from phaseedge.result import Result
+from phaseedge.stitch import stitch, stream_tiles
+from phaseedge.strategies import AUTO, RATIO_MODES
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
 
-RATIO_MODES = ("global", "local", "calibrate", "none")
-#: ``ratio="auto"``: estimate the frame's fractions with a ratio-free pass, then use them as the ratio
-AUTO = "auto"
-#: tiles the calibrate mode's first pass looks at (evenly spread over the grid)
-CALIBRATE_TILES = 32
-#: pixel stride inside each of those tiles when sampling probabilities for the prior shift
-CALIBRATE_STRIDE = 4
-#: rotating tile buffers: a backend may pull batch k+1 (and k+2 while copying) before returning k
-_N_BUFFERS = 3
+__all__ = ["AUTO", "RATIO_MODES", "Segmenter", "default_model"]
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 SYNTHETIC_WARNING = ("this model was trained on synthetic micrographs only (the bundled demo model is): its phases "
@@ -126,7 +118,7 @@ class Segmenter:
         else:
             if isinstance(model, str) and model == "default":
                 model = default_model()
-            if isinstance(model, (str, os.PathLike)):
+            if isinstance(model, (str, os.PathLike)) and not is_remote(model):  # a triton:// URL stays a string
                 model = Path(model)
                 if not model.exists():
                     raise FileNotFoundError(f"model not found: {model}")
@@ -213,12 +205,11 @@ class Segmenter:
         if self._closed:
             raise RuntimeError("this Segmenter is closed; create a new one")
 
-    def _ratio(self, ratio: Any) -> np.ndarray | str | None:
-        """The checked ratio: a vector in class order, a mapping by class name, or "auto"."""
+    def _ratio(self, ratio: Any) -> np.ndarray | str | ratio_mod.Partial | None:
+        """The checked ratio: a vector in class order, a mapping by class name, "auto", or a
+        partial mapping with ``"rest": "auto"`` (`phaseedge.ratio.check`)."""
         self._check_open()
-        if isinstance(ratio, str) and ratio == AUTO:
-            return AUTO
-        return ratio_mod.validate(ratio, self.n_classes, self.class_names)
+        return ratio_mod.check(ratio, self.n_classes, self.class_names)
 
     def segment(self, image: Any, ratio: Any = None, return_probabilities: bool = False) -> Result:
         """Segment one frame: a 2-D array, a `phaseedge.io.Frame`, or a path (read with
@@ -227,15 +218,13 @@ class Segmenter:
         ratio: the expert's phase ratio (length n_classes in class order, or a mapping by
         class name such as ``{"martensite": 0.3, "ferrite": 0.7}``; any positive scale; None
         or zeros = unknown; ``"auto"``: the model's own ratio-free estimate of the frame's fractions,
-        from a first pass, then used as the ratio — `Result.ratio_source` says which), checked by
-        `phaseedge.ratio.validate`. How it is used depends
-        on ``ratio_mode``: "global" feeds it to every tile; "local" first runs a
-        ratio-free pass, estimates each tile's fractions, rescales them (iterative
-        proportional fitting) so the frame total matches the ratio while each tile stays
-        a valid ratio, and feeds those per tile (two passes); "calibrate" runs the model
-        ratio-free and shifts the class priors so the predicted fractions match the ratio
-        (`phaseedge.ratio.prior_shift`, estimated from a first pass over at most
-        CALIBRATE_TILES tiles); "none" ignores it. Without a ratio every mode is one
+        from a first pass, then used as the ratio; a partial ratio ``{"martensite": 0.10, "rest":
+        "auto"}``: the named fractions as given, the rest shared in proportion to that estimate —
+        `Result.ratio_source` says which), checked by `phaseedge.ratio.check`. How it is used
+        depends on ``ratio_mode`` (`phaseedge.strategies`): "global" feeds it to every tile;
+        "local" feeds each tile its share of it, fitted from a ratio-free first pass;
+        "calibrate" runs the model ratio-free and shifts the class priors so the predicted
+        fractions match the ratio; "none" ignores it. Without a ratio every mode is one
         ratio-free pass.
         """
         r = self._ratio(ratio)
@@ -353,53 +342,32 @@ class Segmenter:
         lo, hi = frame_range(frame, float(norm.get("low", 0.5)), float(norm.get("high", 99.5)))
         return _Prepared(frame, lo, hi, time.perf_counter() - t0, original)
 
-    def _segment_prepared(self, p: _Prepared, r: np.ndarray | None, want_probs: bool) -> Result:
+    def _segment_prepared(self, p: _Prepared, spec: np.ndarray | str | ratio_mod.Partial | None,
+                          want_probs: bool) -> Result:
         with self._lock:
             backend = self.backend
             t0 = time.perf_counter()
-            h, w = p.frame.shape
-            grid = TileGrid.for_frame(h, w, backend.tile, self.overlap)
+            grid = TileGrid.for_frame(*p.frame.shape, backend.tile, self.overlap)
             bs = min(self.batch_size or backend.max_batch, backend.max_batch)
+            timings = {"prepare": p.seconds, "survey": 0.0, "tiles": 0.0, "infer": 0.0, "stitch": 0.0, "finish": 0.0}
+            survey = strategies.Survey(backend, p.frame, p.lo, p.hi, grid, bs, timings, self.tta)
+            t = time.perf_counter()
+            r, source = strategies.resolve(spec, survey)
+            plan = strategies.plan(self.ratio_mode, r, survey)
+            timings["survey"] = time.perf_counter() - t
             batches = grid.batches(bs)
-            n = backend.n_classes
-            timings = {"prepare": p.seconds, "survey": 0.0, "tiles": 0.0, "stitch": 0.0, "finish": 0.0}
-            zeros = np.zeros((grid.n_tiles, n), np.float32)
-            tile_ratios, class_weights = zeros, None
-            source = None if r is None else "given"
-            if isinstance(r, str):  # AUTO: the model's own ratio-free estimate of the frame
-                t = time.perf_counter()
-                fractions = self._tile_fractions(p, grid, batches, zeros, timings)
-                area = grid.owned_area().astype(np.float64)
-                r = ratio_mod.validate((fractions * area[:, None]).sum(axis=0), n)
-                source = "auto"
-                timings["survey"] += time.perf_counter() - t
-            mode = self.ratio_mode if r is not None else "none"
-            if mode == "global":
-                tile_ratios = np.ascontiguousarray(np.broadcast_to(r, zeros.shape))
-            elif mode == "local":
-                t = time.perf_counter()
-                fractions = self._tile_fractions(p, grid, batches, zeros, timings)
-                tile_ratios = local_ratios(fractions, grid.owned_area(), r)
-                timings["survey"] += time.perf_counter() - t
-            elif mode == "calibrate":
-                t = time.perf_counter()
-                sample = self._probability_sample(p, grid, bs, timings)
-                shift = ratio_mod.prior_shift(sample, r)
-                class_weights = np.exp(shift - shift.max()).astype(np.float32)
-                timings["survey"] += time.perf_counter() - t
-            t, tiles_before = time.perf_counter(), timings["tiles"]
             # a resampled frame keeps its probabilities: its labels are their argmax at frame resolution
             keep_probs = want_probs or p.original_shape is not None
-            labels, counts, probs = self._stitch(p, grid, batches, tile_ratios, class_weights, keep_probs, timings)
-            main = time.perf_counter() - t
-            # what the main pass spent neither cutting tiles nor stitching: the backend
-            timings["infer"] = main - timings["stitch"] - timings["finish"] - (timings["tiles"] - tiles_before)
-            if probs is not None and class_weights is not None:  # return what the labels came from
-                probs *= class_weights[:, None, None]
+            tiles = stream_tiles(backend, p.frame, p.lo, p.hi, grid.origins, plan.tile_ratios, batches, timings,
+                                 self.tta)
+            labels, counts, probs = stitch(tiles, grid, batches, self.blend, backend.n_classes, p.frame.shape,
+                                           plan.class_weights, keep_probs, timings)
+            if probs is not None and plan.class_weights is not None:  # return what the labels came from
+                probs *= plan.class_weights[:, None, None]
                 probs /= probs.sum(axis=0, keepdims=True)
             if p.original_shape is not None:  # back to the frame's own pixel grid
                 labels, probs = to_shape(labels, probs, p.original_shape)
-                counts = np.bincount(labels.ravel(), minlength=n).astype(np.int64)
+                counts = np.bincount(labels.ravel(), minlength=backend.n_classes).astype(np.int64)
                 probs = probs if want_probs else None
             timings["total"] = time.perf_counter() - t0 + p.seconds
         total = max(int(counts.sum()), 1)
@@ -407,131 +375,3 @@ class Segmenter:
         return Result(labels=labels, fractions={c: int(k) / total for c, k in zip(names, counts)},
                       class_names=names, counts=counts, timings=timings, probabilities=probs, ratio=r,
                       ratio_mode=self.ratio_mode, backend=backend.name, ratio_source=source)
-
-    def _stream(self, p: _Prepared, origins: np.ndarray, ratios: np.ndarray, batches: list[slice],
-                timings: dict[str, float]) -> Iterator[tuple[slice, np.ndarray]]:
-        """(batch, probs) for each batch, in order; tiles are cut while the backend works."""
-        backend, t = self.backend, self.backend.tile
-        biggest = max(b.stop - b.start for b in batches)
-        bufs = [np.empty((biggest, 1, t, t), np.float16) for _ in range(min(_N_BUFFERS, len(batches)))]
-        in_flight: deque[slice] = deque()
-
-        def feed() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-            for k, sl in enumerate(batches):
-                t0 = time.perf_counter()
-                buf = bufs[k % len(bufs)][: sl.stop - sl.start]
-                hostops.gather_tiles(p.frame, origins[sl], t, p.lo, p.hi, buf)
-                in_flight.append(sl)
-                timings["tiles"] += time.perf_counter() - t0
-                yield buf, ratios[sl]
-
-        # closed explicitly: a backend may hold its device pipeline (and lock) until its
-        # iterator ends, which must not wait for garbage collection after an error
-        results_of = (lambda b: tta_mod.infer_flips(backend, b)) if self.tta else backend.infer_many
-        with closing(results_of(feed())) as results:
-            for probs in results:
-                sl = in_flight.popleft()
-                if probs.shape != (sl.stop - sl.start, backend.n_classes, t, t):
-                    raise RuntimeError(f"backend {backend.name} returned shape {probs.shape} for a batch of "
-                                       f"{sl.stop - sl.start} tiles")
-                yield sl, np.ascontiguousarray(probs)
-
-    def _stitch(self, p: _Prepared, grid: TileGrid, batches: list[slice], tile_ratios: np.ndarray,
-                class_weights: np.ndarray | None, want_probs: bool,
-                timings: dict[str, float]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Blend all tiles into a row band, finishing rows as soon as no later tile touches them."""
-        h, w = p.frame.shape
-        n = self.backend.n_classes
-        wy_rows, wx_cols = grid.windows(self.blend)
-        band = grid.band_height(batches)
-        acc = np.zeros((n, band, w), np.float32)
-        wsum = np.zeros((band, w), np.float32)
-        labels = np.empty((h, w), np.uint8)
-        counts = np.zeros(n, np.int64)
-        probs_out = np.empty((n, h, w), np.float32) if want_probs else None
-        origins = grid.origins
-        cols = len(grid.xs)
-        top = 0  # frame row held in acc[:, 0]
-        with closing(self._stream(p, origins, tile_ratios, batches, timings)) as stream:
-            for sl, probs in stream:
-                t0 = time.perf_counter()
-                idx = np.arange(sl.start, sl.stop)
-                rel = origins[sl].copy()
-                rel[:, 0] -= top
-                hostops.accumulate(acc, wsum, probs, rel, np.ascontiguousarray(wy_rows[idx // cols]),
-                                   np.ascontiguousarray(wx_cols[idx % cols]))
-                t1 = time.perf_counter()
-                timings["stitch"] += t1 - t0
-                done = grid.final_row_after(sl.stop)
-                if done > top:
-                    rows = done - top
-                    hostops.finish(acc, wsum, rows, labels[top:done], counts, class_weights,
-                                   None if probs_out is None else probs_out[:, top:done])
-                    _shift_band(acc, wsum, rows)
-                    top = done
-                    timings["finish"] += time.perf_counter() - t1
-        return labels, counts, probs_out
-
-    def _tile_fractions(self, p: _Prepared, grid: TileGrid, batches: list[slice], zeros: np.ndarray,
-                        timings: dict[str, float]) -> np.ndarray:
-        """Ratio-free pass: mean probability of each class over each tile's in-frame pixels."""
-        origins = grid.origins
-        h, w = p.frame.shape
-        out = np.empty(zeros.shape, np.float64)
-        with closing(self._stream(p, origins, zeros, batches, timings)) as stream:
-            for sl, probs in stream:
-                for k, (y, x) in zip(range(sl.start, sl.stop), origins[sl]):
-                    out[k] = probs[k - sl.start, :, : h - y, : w - x].mean(axis=(1, 2), dtype=np.float64)
-        return out
-
-    def _probability_sample(self, p: _Prepared, grid: TileGrid, batch_size: int,
-                            timings: dict[str, float]) -> np.ndarray:
-        """Ratio-free probabilities of a strided pixel sample from up to CALIBRATE_TILES tiles,
-        class axis first ([n, m]): what the prior shift is estimated on."""
-        origins = grid.origins
-        pick = np.unique(np.round(np.linspace(0, grid.n_tiles - 1, min(CALIBRATE_TILES, grid.n_tiles))).astype(int))
-        sub = np.ascontiguousarray(origins[pick])
-        batches = [slice(i, min(i + batch_size, len(sub))) for i in range(0, len(sub), batch_size)]
-        ratios = np.zeros((len(sub), self.backend.n_classes), np.float32)
-        h, w = p.frame.shape
-        s = CALIBRATE_STRIDE
-        parts = []
-        with closing(self._stream(p, sub, ratios, batches, timings)) as stream:
-            for sl, probs in stream:
-                for b, (y, x) in enumerate(sub[sl]):
-                    parts.append(probs[b, :, : h - y : s, : w - x : s].reshape(probs.shape[1], -1).astype(np.float32))
-        return np.concatenate(parts, axis=1)
-
-
-def _shift_band(acc: np.ndarray, wsum: np.ndarray, rows: int) -> None:
-    """Drop the first ``rows`` finished rows of the band and zero the freed rows at its end.
-    Copied in chunks of ``rows`` so source and destination never overlap (no temporary)."""
-    band = wsum.shape[0]
-    keep = band - rows
-    for s in range(0, keep, rows):
-        e = min(s + rows, keep)
-        acc[:, s:e] = acc[:, s + rows: e + rows]
-        wsum[s:e] = wsum[s + rows: e + rows]
-    acc[:, keep:] = 0.0
-    wsum[keep:] = 0.0
-
-
-def local_ratios(tile_fractions: np.ndarray, area: np.ndarray, ratio: np.ndarray, steps: int = 100,
-                 floor: float = 1e-4) -> np.ndarray:
-    """Per-tile ratios [N, n] float32 close to each tile's own estimate whose area-weighted
-    total equals ``ratio``: iterative proportional fitting (Sinkhorn) of the tile x class
-    matrix to row sums = tile areas and column sums = ratio x frame area.
-
-    ``floor`` keeps a class the first pass missed reachable when the expert says it is there.
-    """
-    f = np.maximum(np.asarray(tile_fractions, np.float64), floor)
-    a = np.maximum(np.asarray(area, np.float64), 1.0)
-    a = a / a.sum()
-    target = np.asarray(ratio, np.float64)
-    m = f / f.sum(axis=1, keepdims=True) * a[:, None]
-    for _ in range(steps):
-        col = m.sum(axis=0)
-        m *= np.divide(target, col, out=np.zeros_like(col), where=col > 0)
-        m *= (a / m.sum(axis=1))[:, None]
-    out = m / m.sum(axis=1, keepdims=True)
-    return out.astype(np.float32)

@@ -80,6 +80,9 @@ def test_bad_files_fail_alone_with_a_reason(workdir, capsys):
     (["--ratio", "0.5,-0.2,0.7"], "negative"),
     (["--ratio", "ferrite=0.5,pearlite=0.5"], "'pearlite', which is not a class of this model (ferrite, martensite"),
     (["--ratio", "ferrite=0,bainite=0"], "sums to zero"),
+    (["--ratio", "martensite=1.5,rest=auto"], "fraction of the frame in [0, 1]"),
+    (["--ratio", "pearlite=0.1,rest=auto"], "'pearlite', which is not a class"),
+    (["--ratio", "ferrite=0.6,martensite=0.6,rest=auto"], "sum to 1.200 > 1"),
 ])
 def test_bad_ratio_is_one_line_and_exit_2(workdir, capsys, extra, match):
     d, model = workdir
@@ -111,6 +114,18 @@ def test_ratio_by_name_and_per_image_ratio_file(workdir, capsys):
     assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(d / "x"),
                  "--ratio-file", str(table)]) == 2
     assert "steel" in capsys.readouterr().err
+
+
+def test_partial_ratio_on_the_command_line(workdir):
+    d, model = workdir
+    out = d / "partial"
+    assert main(["segment", str(d / "a.tif"), "--model", str(model), "--out", str(out),
+                 "--ratio", "martensite=0.10,rest=auto"]) == 0
+    record = json.loads((out / "a.json").read_text())
+    assert record["ratio_source"] == "partial" and record["ratio"][1] == pytest.approx(0.10, abs=1e-6)
+    ref = Segmenter(model).segment(tifffile.imread(d / "a.tif"), ratio={"martensite": 0.1, "rest": "auto"})
+    assert record["fractions"] == pytest.approx(ref.fractions)
+    assert "partial" in (out / "fractions.csv").read_text()
 
 
 def test_mask_excludes_pixels_and_uncertainty_tiff(workdir):

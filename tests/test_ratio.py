@@ -151,3 +151,20 @@ def test_bad_named_ratios_say_why(bad, exc, message):
 def test_named_ratio_needs_the_class_names():
     with pytest.raises(ValueError, match="class names"):
         ratio.validate({"ferrite": 1.0}, 3)
+
+
+def test_partial_ratio_completes_from_the_estimate():
+    names = ["ferrite", "martensite", "bainite"]
+    part = ratio.check({"Martensite": 0.25, "rest": "AUTO"}, 3, names)
+    assert isinstance(part, ratio.Partial) and part.known == ((1, 0.25),)
+    np.testing.assert_allclose(part.complete([0.6, 0.3, 0.2]), [0.75 * 0.75, 0.25, 0.75 * 0.25], rtol=1e-6)
+    np.testing.assert_allclose(part.complete([0.0, 1.0, 0.0]), [0.375, 0.25, 0.375], rtol=1e-6)  # even split
+    np.testing.assert_allclose(ratio.check({"martensite": 1.0, "rest": "auto"}, 3, names).complete([0.5, 0, 0.5]),
+                               [0, 1, 0], atol=1e-7)
+    assert ratio.check("auto", 3) == ratio.AUTO and ratio.check(part, 3) is part
+    with pytest.raises(ValueError, match="model has 2"):
+        ratio.check(part, 2)
+    with pytest.raises(ValueError, match="'auto'"):
+        ratio.check("some", 3)
+    with pytest.raises(ValueError, match="class names"):
+        ratio.check({"martensite": 0.1, "rest": "auto"}, 3)

@@ -16,7 +16,7 @@ from runtime_graphs import write_graph
 from phaseedge import Segmenter
 from phaseedge.backends.base import Backend
 from phaseedge.normalize import apply, frame_range
-from phaseedge.segmenter import local_ratios
+from phaseedge.strategies import local_ratios
 
 
 class AffineBackend(Backend):

@@ -95,3 +95,25 @@ def test_auto_ratio_is_the_models_own_ratio_free_estimate(graph):
         given = seg.segment(frame, ratio=auto.ratio)
         assert np.array_equal(given.labels, auto.labels) and given.ratio_source == "given"
         assert auto.timings["survey"] > 0
+
+
+def test_partial_ratio_fixes_the_named_class_and_shares_the_rest_by_the_models_estimate(graph):
+    frame = np.random.default_rng(4).integers(0, 65535, (70, 90), dtype=np.uint16)
+    with Segmenter(graph) as seg:
+        names = seg.class_names
+        auto = seg.segment(frame, ratio="auto")
+        part = seg.segment(frame, ratio={names[1]: 0.1, "rest": "auto"})
+        assert part.ratio_source == "partial"
+        assert part.ratio[1] == pytest.approx(0.1, abs=1e-6)
+        others = [0, 2]
+        np.testing.assert_allclose(part.ratio[others], 0.9 * auto.ratio[others] / auto.ratio[others].sum(), rtol=1e-5)
+        given = seg.segment(frame, ratio=part.ratio)  # the completed ratio, fed as any ratio is
+        assert np.array_equal(given.labels, part.labels)
+        for bad, match in [({"nosuch": 0.1, "rest": "auto"}, "not a class"),
+                           ({names[0]: 0.7, names[1]: 0.5, "rest": "auto"}, "sum to 1.200"),
+                           ({names[0]: -0.1, "rest": "auto"}, r"\[0, 1\]"),
+                           ({names[0]: 0.1, "rest": "guess"}, "rest"),
+                           ({"rest": "auto"}, "at least one class"),
+                           ({names[0]: 0.2, names[1]: 0.3, names[2]: 0.5, "rest": "auto"}, "every class")]:
+            with pytest.raises(ValueError, match=match):
+                seg.segment(frame, ratio=bad)

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from phaseedge import ratio as ratio_ops
 from phaseedge.io import Frame
 from phaseedge.metrics import ConfusionMatrix
-from phaseedge.segmenter import RATIO_MODES, Segmenter
+from phaseedge.segmenter import Segmenter
+from phaseedge.strategies import RATIO_MODES
 
 
 def parse_accuracy(text: str) -> float | str:

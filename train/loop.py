@@ -47,7 +47,8 @@ from phaseedge.train.settings import check_known
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from phaseedge.segmenter import RATIO_MODES, Segmenter
+from phaseedge.segmenter import Segmenter
+from phaseedge.strategies import RATIO_MODES
 
 STATE_VERSION = 1
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
