@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import threading
 import time
 import warnings
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +25,9 @@ import numpy as np
 from phaseedge import ratio as ratio_mod
 from phaseedge import strategies
 from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend, is_remote
-from phaseedge.normalize import check_frame, frame_range
-from phaseedge.resample import RESCALE_TOLERANCE, resample_frame, to_shape
+from phaseedge.jobs import CLOSED, JobQueue
+from phaseedge.prepare import Prepared, prepare
+from phaseedge.resample import to_shape
 from phaseedge.result import Result
 from phaseedge.stitch import stitch, stream_tiles
 from phaseedge.strategies import AUTO, RATIO_MODES
@@ -51,17 +50,6 @@ def default_model() -> Path:
             "(it is made by `phaseedge-train` and `phaseedge-export`); use a model file instead"
         )
     return path
-
-
-@dataclass(frozen=True)
-class _Prepared:
-    """A checked frame plus its normalisation range: everything infer needs, computed once."""
-
-    frame: np.ndarray  # 2-D, C-contiguous uint8/uint16/float32, at the model's pixel size
-    lo: float
-    hi: float
-    seconds: float
-    original_shape: tuple[int, int] | None = None  # the frame's own shape when it was resampled
 
 
 class Segmenter:
@@ -128,11 +116,8 @@ class Segmenter:
             self.backend_name = auto_backend_name(model) if backend == "auto" else backend
         self._lock = threading.RLock()  # the backend: one frame at a time
         self._init_lock = threading.Lock()
-        self._submit_lock = threading.Lock()  # submit's put and close's shutdown never interleave
-        self._space = threading.Condition(self._submit_lock)  # a queue slot freed, or the Segmenter closed
         self._closed = False
-        self._queue: queue.Queue | None = None
-        self._worker: threading.Thread | None = None
+        self._jobs = JobQueue(queue_size)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -173,24 +158,9 @@ class Segmenter:
         fine). A `submit` waiting for room in the queue raises that error at once; every
         frame already queued is segmented first, so each Future returned resolves.
         """
-        with self._space, self._init_lock:  # no submit is half-way while the worker stops
+        with self._init_lock:  # a backend being set up now is released below
             self._closed = True
-            worker, q = self._worker, self._queue
-            self._worker, self._queue = None, None
-            self._space.notify_all()  # waiting submits wake, see closed, raise
-        if worker is not None and q is not None:
-            if worker is threading.current_thread():  # close() from a Future's callback: cannot wait for itself
-                while True:
-                    try:
-                        item = q.get_nowait()
-                    except queue.Empty:
-                        break
-                    if item is not None and item[0].set_running_or_notify_cancel():
-                        item[0].set_exception(RuntimeError("this Segmenter was closed before the frame started"))
-                q.put_nowait(None)  # the worker stops when this callback returns
-            else:
-                q.put(None)  # after the frames already queued (waits while the worker frees a slot)
-                worker.join()
+        self._jobs.close()
         with self._lock:
             if self._backend is not None and self._backend is not self.model:
                 self._backend.close()
@@ -203,7 +173,7 @@ class Segmenter:
     # ------------------------------------------------------------------ public API
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError("this Segmenter is closed; create a new one")
+            raise RuntimeError(CLOSED)
 
     def _ratio(self, ratio: Any) -> np.ndarray | str | ratio_mod.Partial | None:
         """The checked ratio: a vector in class order, a mapping by class name, "auto", or a
@@ -273,76 +243,15 @@ class Segmenter:
                 image = dataclasses.replace(image, pixels=np.array(image.pixels, copy=True))
             else:
                 image = np.array(image, copy=True)
-        if block and timeout is not None and timeout < 0:
-            raise ValueError(f"timeout must be None or a non-negative number of seconds, got {timeout!r}")
-        fut: Future = Future()
-        item = (fut, image, r, return_probabilities)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        # The put happens under the lock close() takes, so close() queues its stop after it;
-        # waiting for room releases that lock (Condition.wait), so neither close() nor other
-        # submits (block=False, shorter timeouts) wait behind a full queue.
-        with self._space:
-            while True:
-                self._check_open()
-                try:
-                    self._start_worker().put_nowait(item)
-                    return fut
-                except queue.Full:
-                    left = None if deadline is None else deadline - time.monotonic()
-                    if not block or (left is not None and left <= 0):
-                        raise
-                self._space.wait(left)
+        return self._jobs.put(lambda: self._segment_prepared(self._prepare(image), r, return_probabilities),
+                              block, timeout)
 
     # ------------------------------------------------------------------ internals
-    def _start_worker(self) -> queue.Queue:
-        with self._init_lock:
-            if self._worker is None or self._queue is None:
-                self._queue = queue.Queue(maxsize=self.queue_size)
-                self._worker = threading.Thread(target=self._work, args=(self._queue,),
-                                                name="phaseedge-submit", daemon=True)
-                self._worker.start()
-            return self._queue
+    def _prepare(self, image: Any) -> Prepared:
+        backend = self.backend
+        return prepare(image, backend.normalization, self.model_pixel_size_m or getattr(backend, "pixel_size_m", None))
 
-    def _work(self, q: queue.Queue) -> None:
-        while True:
-            item = q.get()
-            with self._space:  # a slot is free: wake the submits waiting for one
-                self._space.notify_all()
-            if item is None:
-                return
-            fut, image, r, want_probs = item
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                fut.set_result(self._segment_prepared(self._prepare(image), r, want_probs))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
-                fut.set_exception(exc)
-
-    def _prepare(self, image: Any) -> _Prepared:
-        t0 = time.perf_counter()
-        pixel_size = None
-        if not isinstance(image, np.ndarray):
-            from phaseedge.io import Frame, read_image
-
-            if isinstance(image, (str, os.PathLike)):
-                image = read_image(image)
-            if isinstance(image, Frame):
-                image, pixel_size = image.pixels, image.pixel_size_m
-        frame = np.ascontiguousarray(check_frame(image))
-        original = None
-        target = self.model_pixel_size_m or getattr(self.backend, "pixel_size_m", None)
-        if pixel_size is not None and target is not None:
-            factor = pixel_size / target
-            if abs(factor - 1.0) > RESCALE_TOLERANCE:
-                original = frame.shape
-                frame = resample_frame(frame, factor)
-        norm = self.backend.normalization
-        if norm.get("method") != "percentile":
-            raise ValueError(f"model asks for normalisation {norm!r}; this runtime knows 'percentile'")
-        lo, hi = frame_range(frame, float(norm.get("low", 0.5)), float(norm.get("high", 99.5)))
-        return _Prepared(frame, lo, hi, time.perf_counter() - t0, original)
-
-    def _segment_prepared(self, p: _Prepared, spec: np.ndarray | str | ratio_mod.Partial | None,
+    def _segment_prepared(self, p: Prepared, spec: np.ndarray | str | ratio_mod.Partial | None,
                           want_probs: bool) -> Result:
         with self._lock:
             backend = self.backend
