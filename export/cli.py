@@ -4,6 +4,7 @@
     phaseedge-export fp16 model.onnx -o model.fp16.onnx
     phaseedge-export trt model.fp16.onnx -o model.engine --batch 1:4:8 [--target tensorrt|rtx]
     phaseedge-export check model.onnx [--fp16 model.fp16.onnx] [--engine model.engine]
+    phaseedge-export triton MODEL [MODEL ...] --repo DIR [--name NAME] [--cpu] [--max-batch-size N]
 
 Every output gets a ``NAME.json`` sidecar (phaseedge.sidecar). Exit status: 0 on
 success, 1 when a check fails, 2 on bad arguments or unusable input files.
@@ -105,6 +106,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
+def cmd_triton(args: argparse.Namespace) -> int:
+    from phaseedge.export import triton
+
+    from phaseedge.segmenter import default_model
+
+    models = [default_model() if m == "default" else Path(m) for m in args.models]
+    repo = triton.write_repository(models, args.repo, name=args.name, max_batch_size=args.max_batch_size,
+                                   gpu=not args.cpu, instances=args.instances, queue_delay_us=args.queue_delay_us)
+    print(f"wrote {repo.model_dir} ({repo.platform}, max_batch_size {repo.max_batch_size}, "
+          f"{', '.join(f.name for f in repo.files)} + sidecar); serve with: tritonserver --model-repository "
+          f"{repo.model_dir.parent}")
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="phaseedge-export", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,6 +176,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--verify-batch", type=_batches, default=(1, 3), help="batch sizes compared (default 1,3)")
     c.add_argument("-v", "--verbose", action="store_true", help="print Polygraphy's full comparison log")
     c.set_defaults(func=cmd_check)
+
+    r = sub.add_parser("triton", help="a Triton Inference Server model repository entry from an ONNX graph or engines")
+    r.add_argument("models", nargs="+", metavar="MODEL",
+                   help="one .onnx, or one or more .engine (same model, one per GPU compute capability), each "
+                        "with its sidecar; 'default' for the bundled model")
+    r.add_argument("--repo", type=Path, required=True, help="model repository folder (created)")
+    r.add_argument("--name", default="phaseedge", help="model name on the server (default phaseedge)")
+    r.add_argument("--max-batch-size", type=_positive_int, default=None,
+                   help="ONNX only: largest batch the server forms (default: the sidecar's batch maximum)")
+    r.add_argument("--cpu", action="store_true", help="ONNX only: instance_group KIND_CPU (default KIND_GPU)")
+    r.add_argument("--instances", type=_positive_int, default=1, help="model instances per device (default 1)")
+    r.add_argument("--queue-delay-us", type=int, default=500,
+                   help="dynamic batching: longest wait for more requests, microseconds (default 500)")
+    r.set_defaults(func=cmd_triton)
     return p
 
 

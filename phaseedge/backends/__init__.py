@@ -22,7 +22,10 @@ _REGISTRY: dict[str, tuple[str, str, str]] = {
     ),
     "tensorrt": ("phaseedge.backends.tensorrt", "TensorRTBackend", "pip install 'phaseedge[gpu]'"),
     "torch": ("phaseedge.backends.torch", "TorchBackend", "pip install 'phaseedge[train]' torch==2.13.0"),
+    "triton": ("phaseedge.backends.triton", "TritonBackend", "pip install 'phaseedge[triton]'"),
 }
+#: model strings that name a served model (phaseedge.backends.triton), not a file
+REMOTE_SCHEMES: tuple[str, ...] = ("triton://", "triton+grpc://", "triton+http://")
 
 BACKENDS: tuple[str, ...] = tuple(_REGISTRY)
 
@@ -34,14 +37,22 @@ def _is_torch_module(model: Any) -> bool:
     return torch is not None and isinstance(model, torch.nn.Module)
 
 
+def is_remote(model: Any) -> bool:
+    """``model`` is a ``triton://...`` URL: nothing on disk to look for."""
+    return isinstance(model, str) and model.startswith(REMOTE_SCHEMES)
+
+
 def auto_backend_name(model: Any) -> str:
     """The fastest backend that can run ``model``, judged from what it is.
 
     ``.engine`` -> tensorrt; ``.onnx`` -> onnxruntime (which picks the TensorRT, CUDA
-    or CPU provider by availability); a checkpoint directory or an ``nn.Module`` -> torch.
+    or CPU provider by availability); a checkpoint directory or an ``nn.Module`` -> torch;
+    a ``triton://`` URL -> triton.
     """
     if _is_torch_module(model):
         return "torch"
+    if is_remote(model):
+        return "triton"
     if not isinstance(model, (str, os.PathLike)):
         raise TypeError(f"model must be a path, 'default', a Backend or a torch nn.Module, got {type(model).__name__}")
     path = Path(model)
@@ -78,4 +89,4 @@ def get_backend(name: str, model: Any, device: int = 0, **options: Any) -> Backe
     return backend_class(name)(model, device=device, **options)
 
 
-__all__ = ["BACKENDS", "Backend", "auto_backend_name", "backend_class", "get_backend"]
+__all__ = ["BACKENDS", "REMOTE_SCHEMES", "Backend", "auto_backend_name", "backend_class", "get_backend", "is_remote"]
