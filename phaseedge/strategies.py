@@ -9,9 +9,10 @@ extra pass, not two.
 - ``global``: the frame ratio to every tile (what the PLM was trained with).
 - ``local``: each tile its share of the frame ratio, from the ratio-free pass's tile
   estimates fitted (Sinkhorn) so their area-weighted total is the frame ratio.
-- ``calibrate``: ratio-free main pass; class priors shifted (`phaseedge.ratio.prior_shift`)
-  so the predicted fractions match the ratio, estimated on a strided pixel sample of at
-  most CALIBRATE_TILES tiles.
+- ``calibrate``: the frame ratio to every tile (as global), then the class priors shifted
+  (`phaseedge.ratio.prior_shift`) so the predicted fractions match the ratio, the shift
+  estimated on a strided pixel sample of at most CALIBRATE_TILES tiles run with that ratio.
+  The one prior-shift calibration of phaseedge: `phaseedge-train eval --calibrate` uses it too.
 - ``none``: the ratio is ignored.
 
 `resolve` turns what the user gave (a vector, None, ``"auto"``, or a `phaseedge.ratio.Partial`
@@ -55,7 +56,7 @@ class Survey:
         self.backend, self.frame, self.lo, self.hi, self.grid = backend, frame, lo, hi, grid
         self.batch_size, self.timings, self.tta = batch_size, timings, tta
         self._fractions: np.ndarray | None = None
-        self._sample: np.ndarray | None = None
+        self._samples: dict[bytes | None, np.ndarray] = {}
 
     def zeros(self, k: int) -> np.ndarray:
         return np.zeros((k, self.backend.n_classes), np.float32)
@@ -78,22 +79,26 @@ class Survey:
         area = self.grid.owned_area().astype(np.float64)
         return (self.tile_fractions() * area[:, None]).sum(axis=0) / area.sum()
 
-    def probability_sample(self) -> np.ndarray:
-        """Ratio-free probabilities of a strided pixel sample from up to CALIBRATE_TILES tiles,
-        class axis first ([n, m]): what the prior shift is estimated on."""
-        if self._sample is None:
+    def probability_sample(self, ratio: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities of a strided pixel sample from up to CALIBRATE_TILES tiles, each fed
+        ``ratio`` (None: ratio-free), class axis first ([n, m]): what the prior shift is estimated on."""
+        key = None if ratio is None else np.asarray(ratio, np.float32).tobytes()
+        if key not in self._samples:
             g, (h, w) = self.grid, self.frame.shape
             pick = np.unique(np.round(np.linspace(0, g.n_tiles - 1, min(CALIBRATE_TILES, g.n_tiles))).astype(int))
             sub = np.ascontiguousarray(g.origins[pick])
             bs = self.batch_size
             batches = [slice(i, min(i + bs, len(sub))) for i in range(0, len(sub), bs)]
+            fed = self.zeros(len(sub))
+            if ratio is not None:
+                fed[:] = ratio
             s, parts = CALIBRATE_STRIDE, []
-            for sl, probs in stream_tiles(self.backend, self.frame, self.lo, self.hi, sub, self.zeros(len(sub)),
-                                          batches, self.timings, self.tta):
+            for sl, probs in stream_tiles(self.backend, self.frame, self.lo, self.hi, sub, fed, batches,
+                                          self.timings, self.tta):
                 for b, (y, x) in enumerate(sub[sl]):
                     parts.append(probs[b, :, : h - y: s, : w - x: s].reshape(probs.shape[1], -1).astype(np.float32))
-            self._sample = np.concatenate(parts, axis=1)
-        return self._sample
+            self._samples[key] = np.concatenate(parts, axis=1)
+        return self._samples[key]
 
 
 def resolve(spec: np.ndarray | str | ratio_mod.Partial | None, survey: Survey) -> tuple[np.ndarray | None, str | None]:
@@ -117,8 +122,9 @@ def _local(r: np.ndarray, survey: Survey) -> Plan:
 
 
 def _calibrate(r: np.ndarray, survey: Survey) -> Plan:
-    shift = ratio_mod.prior_shift(survey.probability_sample(), r)
-    return Plan(survey.zeros(survey.grid.n_tiles), np.exp(shift - shift.max()).astype(np.float32))
+    fed = _global(r, survey)  # a PLM still gets the ratio; the shift corrects what it then predicts
+    shift = ratio_mod.prior_shift(survey.probability_sample(r), r)
+    return Plan(fed.tile_ratios, np.exp(shift - shift.max()).astype(np.float32))
 
 
 def _none(r: np.ndarray | None, survey: Survey) -> Plan:

@@ -73,6 +73,22 @@ def test_ratio_reaches_only_plm_models():
     assert base.calls_with_ratio == 0  # a model without PLM is run once, ratio-free
 
 
+def test_calibrated_scores_are_the_segmenters_calibrate_mode():
+    """One calibration in phaseedge: eval's --calibrate is the runtime's calibrate mode."""
+    from phaseedge import Segmenter
+    from phaseedge.metrics import ConfusionMatrix
+
+    item = _case()
+    model = GreyLevelModel(plm=True)
+    with open_segmenter(model) as seg:
+        (raw, cal) = evaluate(seg, [item], ["exact"], (False, True))
+        with Segmenter(seg.backend, ratio_mode="calibrate") as runtime:
+            cm = ConfusionMatrix(3, ["a", "b", "c"])
+            cm.update(runtime.segment(item.image, ratio=simulated_ratio(item.fractions(3), "exact")).labels,
+                      item.mask)
+    assert cal["per_class_dice"] == pytest.approx(cm.summary()["per_class_dice"])
+
+
 def test_simulated_ratio():
     truth = np.array([0.7, 0.18, 0.12])
     assert simulated_ratio(truth, "none") is None

@@ -4,9 +4,10 @@ Frames go through :class:`phaseedge.Segmenter` (torch backend: tiles with overla
 windowed blending, per-frame normalisation), never through a second stitcher, so the
 numbers are those of the runtime. The expert's ratio is simulated from each frame's
 truth: ``none`` (zeros, "unknown"), a number α (the guess of Eq. 4-5 at accuracy α) or
-``exact``. ``--calibrate`` shifts the class priors of the probabilities so the predicted
-fractions match that same ratio (:func:`phaseedge.ratio.calibrate`); the PLM, if the model
-has one, still receives the ratio, so "PLM + calibrate" is both together.
+``exact``. ``--calibrate`` runs the frames in the Segmenter's ``calibrate`` ratio mode
+(`phaseedge.strategies`): the PLM, if the model has one, still receives the ratio, and the
+class priors are shifted so the predicted fractions match it — "PLM + calibrate" is both
+together, exactly as deployed.
 
 Dataset scores pool all pixels in one confusion matrix (:class:`phaseedge.metrics.ConfusionMatrix`):
 per-class Dice and IoU are dataset-level (pooled), ``macro_dice`` / ``miou`` their mean over
@@ -120,8 +121,9 @@ def evaluate(
 ) -> list[dict]:
     """Scores of the Segmenter's model on ``items``, one dict per (accuracy, calibrate) pair.
 
-    Each frame is run once per accuracy (once in all for a model without PLM); calibrated
-    and raw labels come from the same probabilities, so the pairs differ only by what they name.
+    Each frame is run once per accuracy (once in all for a model without PLM in a mode that
+    only feeds the ratio to the model); calibrated entries run it again in the Segmenter's
+    ``calibrate`` mode on the same backend.
     """
     if not items:
         raise ValueError("evaluate needs at least one image")
@@ -136,24 +138,25 @@ def evaluate(
     cms = {k: ConfusionMatrix(n, list(seg.class_names)) for k in keys}
     errors: dict[tuple, list[float]] = {k: [] for k in keys}
     shared = _ignores_ratio(seg)
+    calibrating = Segmenter(seg.backend, overlap=seg.overlap, blend=seg.blend, batch_size=seg.batch_size,
+                            ratio_mode="calibrate", model_pixel_size_m=seg.model_pixel_size_m, tta=seg.tta)
     bar = tqdm(total=len(items) * (1 if shared else len(accuracies)), desc="eval", disable=not progress)
     for it in items:
         truth = ratio_ops.from_mask(it.mask, n)
-        probs = None
+        raw = None
         for a in accuracies:
             r = simulated_ratio(truth, a)
-            if probs is None or not shared:
-                probs = seg.segment(
-                    as_frame(it), ratio=None if shared else r, return_probabilities=True
-                ).probabilities
+            if raw is None or not shared:
+                raw = seg.segment(as_frame(it), ratio=None if shared else r).labels
                 bar.update()
             for c in calibrations:
-                p = ratio_ops.calibrate(probs, r) if c and isinstance(r, np.ndarray) else probs
-                labels = p.argmax(axis=0).astype(np.uint8)
+                given = c and r is not None  # calibration to no ratio changes nothing
+                labels = calibrating.segment(as_frame(it), ratio=r).labels if given else raw
                 cms[(a, c)].update(labels, it.mask)
                 pred = np.bincount(labels.ravel(), minlength=n)[:n] / labels.size
                 errors[(a, c)].append(float(np.mean(np.abs(pred - truth))))
     bar.close()
+    calibrating.close()
     out = []
     for a, c in keys:
         summary = cms[(a, c)].summary()
