@@ -124,6 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
                      help="region of interest: an image of the frame's size (after band removal) whose "
                           "non-zero pixels are counted; zero pixels (scale bar, crack, edge) count for no "
                           "phase and are labelled 255")
+    bat = sub.add_parser("batch", help="an archive folder: per-frame files + one fractions table, resumable, "
+                                       "optionally on Ray",
+                         description="Segment every image under INPUT_DIR (recursively) into OUT (same subfolders): "
+                                     "per frame the files `phaseedge segment` writes plus NAME_fractions.csv; then "
+                                     "fractions.csv (every complete frame) and errors.csv (files that failed). "
+                                     "Frames already complete for the same model are skipped, so a stopped run is "
+                                     "resumed by starting it again.")
+    bat.add_argument("input_dir", type=Path, help="folder of TIFF/PNG/JPEG frames (searched recursively)")
+    bat.add_argument("--model", default="default",
+                     help="model .onnx/.engine, checkpoint dir, triton://host:port/NAME, or 'default' (bundled)")
+    bat.add_argument("--out", type=Path, required=True, help="output directory (created)")
+    bat.add_argument("--ratio", type=_ratio_arg, default=None, help="expert phase ratio for every frame (as segment)")
+    bat.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
+    bat.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
+    bat.add_argument("--blend", default="gaussian", choices=("gaussian", "center"))
+    bat.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch", "triton"))
+    bat.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
+    bat.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
+    bat.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, slower)")
+    bat.add_argument("--crop", type=_crop_arg, default=None, help="keep the top-left ROWS,COLS pixels")
+    bat.add_argument("--keep-band", action="store_true", help="do not detect/remove the information band")
+    bat.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png per frame")
+    bat.add_argument("--uncertainty", action="store_true", help="also write NAME_uncertainty.tif per frame")
+    bat.add_argument("--ray", action="store_true", help="run as a Ray Data pipeline (pip install 'phaseedge[ray]')")
+    bat.add_argument("--ray-address", default=None,
+                     help="an existing Ray cluster (e.g. ray://head:10001 or auto); default: a local instance")
+    bat.add_argument("--workers", type=int, default=1, help="--ray: actors, one Segmenter each (default 1)")
+    bat.add_argument("--gpus-per-worker", type=float, default=0.0, help="--ray: GPUs per actor (default 0)")
     info = sub.add_parser("info", help="what a model is: classes, tile, pixel size, training data, metrics",
                           description="Print what a model file says about itself (its sidecar, or a checkpoint's "
                                       "config.json) and, for an engine, whether it can run on this machine.")
@@ -138,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return segment_command(args)
     if args.command == "info":
         return info_command(args)
+    if args.command == "batch":
+        return batch_command(args)
     return EXIT_UNUSABLE  # argparse's required=True makes this unreachable
 
 
@@ -220,13 +250,10 @@ def _fail(message: str) -> int:
 
 
 def segment_command(args: argparse.Namespace) -> int:
-    import cv2
     from tqdm import tqdm
 
     from phaseedge import ratio as ratio_mod
     from phaseedge.io import read_image
-    from phaseedge.outputs import EXCLUDED, atomic_write, write_frame_outputs
-    from phaseedge.result import palette
     from phaseedge.segmenter import Segmenter
 
     try:
@@ -273,29 +300,9 @@ def segment_command(args: argparse.Namespace) -> int:
             read_next()
             row: dict[str, Any] = {"image": str(path), "error": ""}
             try:
-                frame = fut.result()
-                frame_ratio = per_image.get(path.stem, ratio)
-                result = seg.segment(frame, ratio=frame_ratio, return_probabilities=args.uncertainty)
-                if roi is not None:
-                    result = result.within(roi)
-                outputs = write_frame_outputs(args.out, stem, result.labels, palette(len(names)), names,
-                                              result.probabilities)
-                if not args.no_overlay:
-                    overlay_png = args.out / f"{stem}_overlay.png"
-                    _write_png(cv2, overlay_png, cv2.cvtColor(result.overlay(frame.pixels), cv2.COLOR_RGB2BGR))
-                    outputs["overlay"] = overlay_png.name
-                info = {"image": str(path), **result.to_dict(), "pixel_size_m": frame.pixel_size_m,
-                        "band_rows_removed": frame.band_rows, "model": str(seg.model), "outputs": outputs,
-                        "roi": None if args.mask is None else str(args.mask),
-                        "labels_png": f"pixel value = class index into class_names; {EXCLUDED} = outside the ROI"}
-                atomic_write(args.out / f"{stem}.json", (json.dumps(info, indent=2) + "\n").encode())
-                row.update({c: f"{result.fractions[c]:.6f}" for c in names})
-                row.update({f"{c}_pixels": int(k) for c, k in zip(names, result.counts)})
-                row.update({f"{c}_se": f"{u['se']:.6f}" for c, u in info["fraction_uncertainty"].items()})
-                used = result.ratio
-                row["ratio"] = "" if used is None else " ".join(f"{v:.4f}" for v in used)
-                row["ratio_source"] = result.ratio_source or ""
-                row["seconds"] = f"{result.timings['total']:.3f}"
+                row.update(segment_frame(seg, fut.result(), args.out, stem, per_image.get(path.stem, ratio),
+                                         roi=roi, mask=args.mask, uncertainty=args.uncertainty,
+                                         overlay=not args.no_overlay))
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the batch
                 failed += 1
                 row["error"] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -303,16 +310,80 @@ def segment_command(args: argparse.Namespace) -> int:
             rows.append(row)
 
     csv_path = args.out / "fractions.csv"
-    buf = io.StringIO(newline="")
-    fields = ["image", *names, *(f"{c}_se" for c in names), *(f"{c}_pixels" for c in names), "model", "ratio",
-              "ratio_source", "ratio_mode", "seconds", "error"]
-    writer = csv.DictWriter(buf, fieldnames=fields, restval="")
-    writer.writeheader()
-    writer.writerows({**r, "model": str(seg.model), "ratio_mode": args.ratio_mode} for r in rows)
-    atomic_write(csv_path, buf.getvalue().encode("utf-8"))
+    write_fractions_csv(csv_path, rows, names, str(seg.model), args.ratio_mode)
     done = len(rows) - failed
     print(f"phaseedge: {done}/{len(rows)} images segmented -> {args.out} ({csv_path.name})", file=sys.stderr)
     return EXIT_OK if failed == 0 else EXIT_SOME_FAILED
+
+
+def batch_command(args: argparse.Namespace) -> int:
+    from phaseedge.batch import Settings, run_batch
+
+    settings = Settings(model=args.model, backend=args.backend, device=args.device, overlap=args.overlap,
+                        blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode, ratio=args.ratio,
+                        tta=args.tta, crop=args.crop, keep_band=args.keep_band, overlay=args.overlay,
+                        uncertainty=args.uncertainty)
+    try:
+        report = run_batch(args.input_dir, args.out, settings, ray=args.ray, ray_address=args.ray_address,
+                           workers=args.workers, gpus_per_worker=args.gpus_per_worker)
+    except (OSError, ImportError, ValueError, TypeError, RuntimeError) as exc:
+        return _fail(f"{exc}")
+    print(f"phaseedge: {report.frames} frames: {report.segmented} segmented, {report.skipped} already complete, "
+          f"{report.failed} failed -> {args.out} ({report.fractions_csv.name}, {report.errors_csv.name})",
+          file=sys.stderr)
+    return EXIT_OK if report.failed == 0 else EXIT_SOME_FAILED
+
+
+def segment_frame(seg: Any, frame: Any, out: Path, stem: str, ratio: Any = None, roi: np.ndarray | None = None,
+                  mask: Path | None = None, uncertainty: bool = False, overlay: bool = True) -> dict[str, Any]:
+    """Segment one read `phaseedge.io.Frame` and write its files as ``phaseedge segment`` names
+    them (NAME_labels.png, NAME_labels.tif, NAME.json, optionally NAME_overlay.png and
+    NAME_uncertainty.tif); returns its fractions.csv row. Shared with ``phaseedge batch``."""
+    import cv2
+
+    from phaseedge.outputs import EXCLUDED, atomic_write, write_frame_outputs
+    from phaseedge.result import palette
+
+    names = seg.class_names
+    result = seg.segment(frame, ratio=ratio, return_probabilities=uncertainty)
+    if roi is not None:
+        result = result.within(roi)
+    outputs = write_frame_outputs(out, stem, result.labels, palette(len(names)), names, result.probabilities)
+    if overlay:
+        overlay_png = out / f"{stem}_overlay.png"
+        _write_png(cv2, overlay_png, cv2.cvtColor(result.overlay(frame.pixels), cv2.COLOR_RGB2BGR))
+        outputs["overlay"] = overlay_png.name
+    info = {"image": str(frame.path), **result.to_dict(), "pixel_size_m": frame.pixel_size_m,
+            "band_rows_removed": frame.band_rows, "model": str(seg.model), "outputs": outputs,
+            "roi": None if mask is None else str(mask),
+            "labels_png": f"pixel value = class index into class_names; {EXCLUDED} = outside the ROI"}
+    atomic_write(out / f"{stem}.json", (json.dumps(info, indent=2) + "\n").encode())
+    row: dict[str, Any] = {c: f"{result.fractions[c]:.6f}" for c in names}
+    row.update({f"{c}_pixels": int(k) for c, k in zip(names, result.counts)})
+    row.update({f"{c}_se": f"{u['se']:.6f}" for c, u in info["fraction_uncertainty"].items()})
+    used = result.ratio
+    row["ratio"] = "" if used is None else " ".join(f"{v:.4f}" for v in used)
+    row["ratio_source"] = result.ratio_source or ""
+    row["seconds"] = f"{result.timings['total']:.3f}"
+    return row
+
+
+def fraction_fields(names: tuple[str, ...]) -> list[str]:
+    """The columns of fractions.csv."""
+    return ["image", *names, *(f"{c}_se" for c in names), *(f"{c}_pixels" for c in names), "model", "ratio",
+            "ratio_source", "ratio_mode", "seconds", "error"]
+
+
+def write_fractions_csv(path: Path, rows: list[dict[str, Any]], names: tuple[str, ...], model: str,
+                        ratio_mode: str) -> None:
+    """fractions.csv, one row per image (written atomically)."""
+    from phaseedge.outputs import atomic_write
+
+    buf = io.StringIO(newline="")
+    writer = csv.DictWriter(buf, fieldnames=fraction_fields(names), restval="")
+    writer.writeheader()
+    writer.writerows({**r, "model": model, "ratio_mode": ratio_mode} for r in rows)
+    atomic_write(path, buf.getvalue().encode("utf-8"))
 
 
 def _unique_stems(paths: list[Path]) -> list[str]:
