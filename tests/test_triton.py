@@ -311,3 +311,16 @@ def test_server_gone_mid_frame_then_back(local):
     finally:
         srv.stop()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def test_segment_cli_takes_a_triton_url(server, frames, local, tmp_path):
+    import tifffile
+
+    from phaseedge.cli import main
+
+    tifffile.imwrite(tmp_path / "f.tif", frames[1])
+    assert main(["segment", str(tmp_path / "f.tif"), "--model", server.url(), "--out", str(tmp_path / "out"),
+                 "--no-overlay"]) == 0
+    info = json.loads((tmp_path / "out" / "f.json").read_text())
+    assert info["backend"] == "triton" and info["model"] == server.url()
+    assert info["fractions"] == local.segment(frames[1]).fractions
