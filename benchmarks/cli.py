@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from phaseedge.bench import accuracy, floor, forest, host, latency, soak, triton
+from phaseedge.bench import accuracy, coverage, floor, forest, host, latency, soak, triton
 
 from phaseedge import __version__
 
-_COMMANDS = (latency, accuracy, floor, host, forest, soak, triton)
+_COMMANDS = (latency, accuracy, floor, host, forest, soak, coverage, triton)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import math
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -16,10 +18,27 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 
 _OVERLAY_ROWS = 512
-#: horizontal bands the fraction bootstrap resamples (a stand-in for other fields of view)
-UNCERTAINTY_BANDS = 16
-#: bootstrap draws; seeded, so the same labels always give the same interval
-BOOTSTRAP_DRAWS = 1000
+#: the frame is cut into CELLS x CELLS sub-fields for the fraction's standard error. 3 x 3 measured
+#: best (docs/benchmarks.md, `phaseedge-bench coverage`): smaller cells are correlated with their
+#: neighbours (grains span them) and understate the spread; 16 row bands covered 0.67 of 0.95
+UNCERTAINTY_CELLS = 3
+
+
+@functools.lru_cache(maxsize=64)
+def t_quantile(p: float, dof: int) -> float:
+    """Student-t quantile for 0.5 < p < 1 (numerical CDF + bisection: no scipy in the runtime)."""
+    logc = math.lgamma((dof + 1) / 2) - math.lgamma(dof / 2) - 0.5 * math.log(dof * math.pi)
+
+    def cdf(x: float) -> float:
+        t = np.linspace(0.0, x, 2001)
+        pdf = np.exp(logc - (dof + 1) / 2 * np.log1p(t * t / dof))
+        return 0.5 + float(np.sum((pdf[1:] + pdf[:-1]) * 0.5 * np.diff(t)))
+
+    lo, hi = 0.0, 1000.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+    return 0.5 * (lo + hi)
 
 
 def palette(n: int) -> np.ndarray:
@@ -60,32 +79,40 @@ class Result:
         """float64 [n] fractions in class order."""
         return np.array([self.fractions[c] for c in self.class_names], dtype=np.float64)
 
-    def fraction_uncertainty(self, bands: int = UNCERTAINTY_BANDS, draws: int = BOOTSTRAP_DRAWS,
-                             level: float = 0.95, seed: int = 0) -> dict[str, dict[str, float]]:
-        """Per phase: the bootstrap standard error and ``level`` interval of its fraction.
-
-        The frame is cut into ``bands`` horizontal strips and the strips are resampled with
-        replacement: how much the fraction would move on another, similar field of view. Pixels
-        outside a region of interest (label 255) are left out. With probabilities, ``soft`` is
-        the expected fraction (mean probability) beside the argmax count.
+    def fraction_uncertainty(self, cells: int = UNCERTAINTY_CELLS, level: float = 0.95) -> dict[str, dict[str, float]]:
+        """Per phase: the standard error and ``level`` interval of its fraction, as for a
+        point count over sub-fields (stereology): the frame is cut into ``cells`` x ``cells``
+        sub-fields, the fraction's standard error is that of a ratio estimate over them, and the
+        interval is Student-t with (sub-fields - 1) degrees of freedom — how much the fraction
+        would move on another, similar field of view. Pixels outside a region of interest
+        (label 255) are left out. With probabilities, ``soft`` is the expected fraction (mean
+        probability) beside the argmax count.
         """
         from phaseedge.outputs import EXCLUDED
 
+        if not 0 < level < 1:
+            raise ValueError(f"level must lie in (0, 1), got {level!r}")
         n = len(self.class_names)
-        h = self.labels.shape[0]
-        bands = max(1, min(int(bands), h))
-        edges = np.linspace(0, h, bands + 1).round().astype(int)
+        h, w = self.labels.shape
+        ky, kx = max(1, min(int(cells), h)), max(1, min(int(cells), w))
+        ey, ex = (np.linspace(0, m, k + 1).round().astype(int) for m, k in ((h, ky), (w, kx)))
         # EXCLUDED (255) lands in bincount's last slot, outside [:n]
-        per_band = np.stack([np.bincount(self.labels[a:b].ravel(), minlength=256)[:n]
-                             for a, b in itertools.pairwise(edges)]).astype(np.float64)
-        rng = np.random.default_rng(seed)
-        picks = rng.integers(0, bands, size=(draws, bands))
-        sums = per_band[picks].sum(axis=1)  # [draws, n]
-        totals = sums.sum(axis=1, keepdims=True)
-        boot = np.divide(sums, totals, out=np.zeros_like(sums), where=totals > 0)
-        lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2], axis=0)
-        out = {c: {"fraction": self.fractions[c], "se": float(boot[:, i].std(ddof=1)) if draws > 1 else 0.0,
-                   "low": float(lo[i]), "high": float(hi[i])} for i, c in enumerate(self.class_names)}
+        per = np.stack([np.bincount(self.labels[a:b, c:d].ravel(), minlength=256)[:n]
+                        for a, b in itertools.pairwise(ey) for c, d in itertools.pairwise(ex)]).astype(np.float64)
+        totals = per.sum(axis=1)
+        per, totals = per[totals > 0], totals[totals > 0]
+        k = len(totals)
+        frac = per.sum(axis=0) / max(totals.sum(), 1.0)
+        if k > 1:  # ratio estimator over sub-fields of unequal valid area (cluster sampling)
+            share = totals / totals.mean()
+            resid = per / totals[:, None] - frac
+            se = np.sqrt(((share[:, None] * resid) ** 2).sum(axis=0) / (k * (k - 1)))
+            half = t_quantile((1 + level) / 2, k - 1) * se
+        else:
+            se = half = np.zeros(n)
+        out = {c: {"fraction": self.fractions[c], "se": float(se[i]),
+                   "low": float(max(0.0, frac[i] - half[i])), "high": float(min(1.0, frac[i] + half[i]))}
+               for i, c in enumerate(self.class_names)}
         if self.probabilities is not None:
             inside = self.labels != EXCLUDED
             soft = self.probabilities[:, inside].mean(axis=1, dtype=np.float64) if inside.any() else np.zeros(n)

@@ -258,14 +258,16 @@ def test_a_model_trained_on_real_data_does_not_warn(workdir):
         Segmenter(model).segment(np.zeros((40, 40), np.uint8))
 
 
-def test_fractions_come_with_bootstrap_error_bars():
-    from phaseedge.result import Result
+def test_fractions_come_with_sub_field_error_bars():
+    from phaseedge.result import Result, t_quantile
 
+    assert t_quantile(0.975, 8) == pytest.approx(2.306, abs=1e-3)  # the t table
+    assert t_quantile(0.975, 1000) == pytest.approx(1.962, abs=1e-3)
     names = ("a", "b")
-    striped = np.zeros((64, 32), np.uint8)
-    striped[::2] = 1  # every band holds the same mix: no spread
-    blocky = np.zeros((64, 32), np.uint8)
-    blocky[:32] = 1  # half the bands all a, half all b: a large spread
+    striped = np.zeros((60, 30), np.uint8)
+    striped[::2] = 1  # every 20 x 10 sub-field holds the same mix: no spread
+    blocky = np.zeros((60, 30), np.uint8)
+    blocky[:30] = 1  # the top sub-fields all b, the bottom ones all a: a large spread
     res = []
     for lab in (striped, blocky):
         counts = np.bincount(lab.ravel(), minlength=2)
@@ -274,13 +276,13 @@ def test_fractions_come_with_bootstrap_error_bars():
     flat, spread = (r.fraction_uncertainty() for r in res)
     assert flat["a"]["se"] == 0 and flat["a"]["low"] == flat["a"]["high"] == 0.5
     assert spread["a"]["se"] > 0.05 and spread["a"]["low"] < 0.5 < spread["a"]["high"]
-    assert res[1].fraction_uncertainty() == spread  # seeded: repeatable
-    probs = np.stack([np.full((64, 32), 0.7, np.float32), np.full((64, 32), 0.3, np.float32)])
+    assert res[1].fraction_uncertainty() == spread  # repeatable
+    probs = np.stack([np.full((60, 30), 0.7, np.float32), np.full((60, 30), 0.3, np.float32)])
     soft = Result(labels=striped, fractions=res[0].fractions, class_names=names, counts=res[0].counts,
                   probabilities=probs).fraction_uncertainty()
     assert soft["a"]["soft"] == pytest.approx(0.7)
-    roi = np.ones((64, 32), bool)
-    roi[:, 16:] = False
+    roi = np.ones((60, 30), bool)
+    roi[:, 15:] = False
     assert res[1].within(roi).fraction_uncertainty()["a"]["fraction"] == pytest.approx(0.5)
 
 
