@@ -139,7 +139,7 @@ def test_segment_adds_labels_equal_to_segmenter(widget, viewer, frame):
     colours = layer.colormap.map(np.arange(3, dtype=np.uint8))
     assert (colours[:, 3] == 1).all() and len({tuple(c) for c in colours}) == 3
     assert list(layer.features["phase"]) == list(CLASSES)
-    # the fractions table: one row per phase with the bootstrap interval
+    # the fractions table: one row per phase with the 95 % interval
     unc = ref.fraction_uncertainty()
     rows = [[widget.table.item(i, j).text() for j in range(4)] for i in range(widget.table.rowCount())]
     assert [r[0] for r in rows] == list(CLASSES)

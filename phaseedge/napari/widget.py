@@ -6,7 +6,7 @@ as the ratio). Segmenting runs in a napari ``thread_worker``, one job at a time:
 request cancels the running one between two tile batches (`phaseedge.napari.watch`) and
 starts when it has stopped, so moving a slider (debounced by a single-shot QTimer) never
 queues up stale work. The result is a Labels layer "<image> phases" (class index = pixel
-value, colours and phase names from the model) and a fractions table with the bootstrap
+value, colours and phase names from the model) and a fractions table with the sub-field
 95 % intervals of `Result.fraction_uncertainty`. Corrections painted on that layer are
 exported as a training pair for `phaseedge-train fit` (`phaseedge.napari.export`).
 Errors (a bad model path, an unusable layer, a refused export) are shown in the widget,
@@ -82,7 +82,7 @@ class Request:
 
 def _run(segmenter: Segmenter, image: np.ndarray | io.Frame, ratio: list[int] | str | None,
          job: Job) -> tuple[Result, dict[str, dict[str, float]]]:
-    """Worker-thread body: the segmentation and its bootstrap intervals (off the UI thread)."""
+    """Worker-thread body: the segmentation and its 95 % intervals (off the UI thread)."""
     try:
         result = segmenter.segment(image, ratio=ratio)
         return result, result.fraction_uncertainty()
