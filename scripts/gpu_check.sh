@@ -12,6 +12,14 @@
 # phaseedge-bench latency. Then the GPU-marked tests. Whatever is not installed is
 # skipped with the reason. Needs no network once the wheels are installed.
 #
+# What a lent device of this workplace can verify (an H100/H200, compute capability 9.0):
+# PyTorch on CUDA, ONNX Runtime's CUDA provider (install the onnxruntime-gpu wheel first; it
+# cannot share an environment with onnxruntime) and the GPU-marked tests. TensorRT proper
+# cannot be installed there (its wheels come from NVIDIA's index, unreachable), and
+# TensorRT-RTX engines do not run on data-centre GPUs (7.5 / 8.6 / 8.9 / 12.x only): their
+# steps build where the builder runs and report SKIP "not for this GPU". On such a device,
+# run with FULL=0 to stay well under 8 minutes in one pass.
+#
 # Environment: PYTHON (default .venv/bin/python, else python3), FULL=0 to leave out the
 # full-size SAM-B, STEP_TIMEOUT (seconds per step, default 1800).
 # Exit status: 0 when nothing failed (skips are fine: without a GPU everything is
@@ -94,6 +102,11 @@ mkdir -p "$OUT/logs"
 {
     echo "gpu_check on $(uname -n) at $(date -u +%Y-%m-%dT%H:%MZ), $NGPU CUDA device(s)"
     command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,compute_cap,driver_version,memory.total --format=csv,noheader
+    CC=$(command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1)
+    case ${CC:-} in
+        7.5|8.6|8.9|12.*) echo "RTX-class GPU ($CC): TensorRT-RTX engines can run here" ;;
+        ?*) echo "compute capability $CC: TensorRT-RTX engines do not run here (RTX-class only); verifiable: PyTorch CUDA, ONNX Runtime CUDA, GPU tests" ;;
+    esac
 } | tee "$OUT/machine.txt"
 
 # ----------------------------------------------------------------------------- what is installed
