@@ -254,6 +254,31 @@ def prior_shift(probs: np.ndarray, ratio, steps: int = 50, tol: float = 1e-5) ->
     return (b - b.mean()).astype(np.float32)
 
 
+def em_prior(probs: np.ndarray, train_prior, steps: int = 100, tol: float = 1e-6) -> np.ndarray:
+    """A frame's class fractions re-estimated from ratio-free posteriors by EM (Saerens,
+    Latinne & Decaestecker, Neural Computation 2002): ``π ← mean_x p(c|x) π_c / π_train,c``
+    (renormalised per pixel) until no fraction moves by more than ``tol``. ``train_prior`` is
+    the class prior the model's posteriors were learnt under. Returns float32 [n], sums to 1."""
+    p = _check_probs(probs)
+    n = p.shape[0]
+    base = validate(train_prior, n)
+    if base is None:
+        raise ValueError("train_prior is all zeros: EM needs the model's training class prior")
+    base = np.maximum(base.astype(np.float64), MIN_RATIO)
+    s = np.clip(_sample(p).astype(np.float64), 0.0, None)
+    prior = s.mean(axis=1)
+    prior /= prior.sum()
+    for _ in range(int(steps)):
+        q = s * (prior / base)[:, None]
+        q /= np.maximum(q.sum(axis=0, keepdims=True), 1e-300)
+        new = q.mean(axis=1)
+        done = np.max(np.abs(new - prior)) < tol
+        prior = new
+        if done:
+            break
+    return (prior / prior.sum()).astype(np.float32)
+
+
 def calibrate(probs: np.ndarray, ratio, steps: int = 50) -> np.ndarray:
     """Probabilities re-weighted by ``prior_shift``: float32, same shape, class axis first.
 

@@ -168,3 +168,18 @@ def test_partial_ratio_completes_from_the_estimate():
         ratio.check("some", 3)
     with pytest.raises(ValueError, match="class names"):
         ratio.check({"martensite": 0.1, "rest": "auto"}, 3)
+
+
+def test_em_prior_recovers_a_shifted_prior():
+    """Posteriors of a calibrated classifier trained at prior (0.5, 0.5), on a frame whose real
+    prior is (0.8, 0.2): their mean is biased towards 0.5, EM recovers about 0.8."""
+    rng = np.random.default_rng(0)
+    y = rng.random(20000) < 0.2  # class 1 with p = 0.2
+    x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+    p1 = 1.0 / (1.0 + np.exp(-2.0 * x))  # exact posterior of N(+-1, 1) at equal priors
+    probs = np.stack([1 - p1, p1]).astype(np.float32)
+    naive = probs.mean(axis=1)
+    est = ratio.em_prior(probs, [0.5, 0.5])
+    assert abs(est[1] - 0.2) < 0.02 < abs(naive[1] - 0.2)
+    with pytest.raises(ValueError, match="training class prior"):
+        ratio.em_prior(probs, [0, 0])

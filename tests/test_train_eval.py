@@ -89,6 +89,26 @@ def test_calibrated_scores_are_the_segmenters_calibrate_mode():
     assert cal["per_class_dice"] == pytest.approx(cm.summary()["per_class_dice"])
 
 
+def test_expert_free_estimates_em_and_iterated_plm():
+    from phaseedge.train.evaluate import estimated_ratio, parse_accuracy
+
+    item = _case()
+    model = GreyLevelModel(plm=True)
+    with open_segmenter(model) as seg:
+        em = estimated_ratio(seg, item, "em", np.array([0.5, 0.25, 0.25]))
+        it2 = estimated_ratio(seg, item, "iter2", None)
+        results = evaluate(seg, [item], ["em", "iter1"], (False,), train_prior=np.array([0.4, 0.3, 0.3]))
+        with pytest.raises(ValueError, match="train-prior"):
+            evaluate(seg, [item], ["em"])
+    # the grey-level model is certain, so both estimates are the predicted fractions 0.5 / 0.25 / 0.25
+    np.testing.assert_allclose(em, [0.5, 0.25, 0.25], atol=1e-3)
+    np.testing.assert_allclose(it2, [0.5, 0.25, 0.25], atol=1e-3)
+    assert [r["ratio_accuracy"] for r in results] == ["em", "iter1"]
+    assert parse_accuracy("iter3") == "iter3"
+    with pytest.raises(Exception, match="iterN"):
+        parse_accuracy("iter0")
+
+
 def test_simulated_ratio():
     truth = np.array([0.7, 0.18, 0.12])
     assert simulated_ratio(truth, "none") is None

@@ -36,15 +36,21 @@ from phaseedge.segmenter import Segmenter
 from phaseedge.strategies import RATIO_MODES
 
 
+#: expert-free ratios eval can measure: the runtime's "auto"; "em", Saerens EM prior re-estimation
+#: on the ratio-free posteriors (needs --train-prior-split); "iterN", the PLM fed its own fractions
+#: N times, starting from auto
+ESTIMATES = ("auto", "em")
+
+
 def parse_accuracy(text: str) -> float | str:
-    """``none``, ``exact``, ``auto`` (the model's own estimate, `Segmenter` ratio="auto") or a number in [0, 1]."""
-    if text in ("none", "exact", "auto"):
+    """``none``, ``exact``, an expert-free estimate (``auto``, ``em``, ``iterN``) or a number in [0, 1]."""
+    if text in ("none", "exact", *ESTIMATES) or (text.startswith("iter") and text[4:].isdigit() and int(text[4:]) > 0):
         return text
     try:
         a = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"ratio accuracy must be none, exact, auto or a number, got {text!r}"
+            f"ratio accuracy must be none, exact, auto, em, iterN or a number, got {text!r}"
         ) from None
     if not 0.0 <= a <= 1.0:
         raise argparse.ArgumentTypeError(f"ratio accuracy must be in [0, 1], got {a}")
@@ -64,6 +70,20 @@ def simulated_ratio(truth: np.ndarray, accuracy: float | str) -> np.ndarray | st
     if accuracy == "exact":
         return truth.astype(np.float32)
     return ratio_ops.guess(truth, float(accuracy))
+
+
+def estimated_ratio(seg: Segmenter, it: LabelledImage, how: str, train_prior: np.ndarray | None) -> np.ndarray:
+    """An expert-free ratio for one frame: ``em`` (Saerens EM on the ratio-free posteriors) or
+    ``iterN`` (start from the runtime's auto estimate, then feed the PLM its own soft
+    fractions N times)."""
+    if how == "em":
+        probs = seg.segment(as_frame(it), return_probabilities=True).probabilities
+        return ratio_ops.em_prior(probs, train_prior)
+    r = seg.segment(as_frame(it), ratio="auto").ratio
+    for _ in range(int(how[4:])):
+        probs = seg.segment(as_frame(it), ratio=r, return_probabilities=True).probabilities
+        r = ratio_ops.validate(probs.mean(axis=(1, 2), dtype=np.float64), seg.n_classes)
+    return r
 
 
 def open_segmenter(
@@ -118,6 +138,7 @@ def evaluate(
     calibrations: tuple[bool, ...] = (False,),
     progress: bool = False,
     groups: dict[str, list[str]] | None = None,
+    train_prior: np.ndarray | None = None,
 ) -> list[dict]:
     """Scores of the Segmenter's model on ``items``, one dict per (accuracy, calibrate) pair.
 
@@ -134,6 +155,8 @@ def evaluate(
         unknown = sorted(set(members) - set(names))
         if unknown:
             raise ValueError(f"group {gname!r} names {unknown}, not among the model's classes {names}")
+    if "em" in accuracies and train_prior is None:
+        raise ValueError("ratio accuracy 'em' needs the model's training class prior (--train-prior-split)")
     keys = [(a, c) for a in accuracies for c in calibrations]
     cms = {k: ConfusionMatrix(n, list(seg.class_names)) for k in keys}
     errors: dict[tuple, list[float]] = {k: [] for k in keys}
@@ -145,7 +168,8 @@ def evaluate(
         truth = ratio_ops.from_mask(it.mask, n)
         raw = None
         for a in accuracies:
-            r = simulated_ratio(truth, a)
+            r = estimated_ratio(seg, it, a, train_prior) if a == "em" or str(a).startswith("iter") else (
+                simulated_ratio(truth, a))
             if raw is None or not shared:
                 raw = seg.segment(as_frame(it), ratio=None if shared else r).labels
                 bar.update()
@@ -211,6 +235,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         help="NAME=class,class,...: also report the mean pooled Dice over these classes (repeatable)",
     )
+    p.add_argument("--train-prior-split", type=Path,
+                   help="training split (names in --data): its class frequencies are the prior for --ratio-accuracy em")
     p.add_argument("--batch-size", type=int, help="tiles per forward pass")
     p.add_argument("--synth-seeds", default="30000-30003", help="frames for --data synth (e.g. 1,2,5-9)")
     p.add_argument("--synth-size", type=int, default=1024, help="side of synthetic frames (--data synth)")
@@ -236,8 +262,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             split = read_split(args.split) if args.split else None
             items = load_folder(args.data, n_classes, split, pixel_sizes)
+        prior = None
+        if args.train_prior_split:
+            from phaseedge.train.data import class_frequencies
+
+            prior = class_frequencies(load_folder(args.data, n_classes, read_split(args.train_prior_split)), n_classes)
         results = evaluate(
-            seg, items, args.ratio_accuracy, calibrations, progress=not args.json, groups=dict(args.group)
+            seg, items, args.ratio_accuracy, calibrations, progress=not args.json, groups=dict(args.group),
+            train_prior=prior,
         )
     for r in results:
         r.update(checkpoint=str(ckpt), data=str(args.data), split=str(args.split) if args.split else None)
