@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it (imported on first access, PEP 562)
 _LAZY = {
     "Segmenter": "phaseedge.segmenter",
-    "default_model": "phaseedge.segmenter",
+    "default_model": "phaseedge.bundled",
     "Result": "phaseedge.result",
 }
 

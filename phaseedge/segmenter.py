@@ -24,6 +24,7 @@ import numpy as np
 
 from phaseedge import ratio as ratio_mod
 from phaseedge import strategies
+from phaseedge.bundled import SYNTHETIC_WARNING, default_model
 from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend, is_remote
 from phaseedge.jobs import CLOSED, JobQueue
 from phaseedge.prepare import Prepared, prepare
@@ -34,23 +35,6 @@ from phaseedge.strategies import AUTO, RATIO_MODES
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
 
 __all__ = ["AUTO", "RATIO_MODES", "Segmenter", "default_model"]
-
-MODELS_DIR = Path(__file__).resolve().parent / "models"
-SYNTHETIC_WARNING = ("this model was trained on synthetic micrographs only (the bundled demo model is): its phases "
-                     "and fractions mean little on a real steel; train on your own labelled frames: see "
-                     "docs/training.md")
-
-
-def default_model() -> Path:
-    """Path of the bundled demo model (``phaseedge/models/default.onnx`` with its sidecar)."""
-    path = MODELS_DIR / "default.onnx"
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"the bundled model {path} is not there: this phaseedge build ships without it "
-            "(it is made by `phaseedge-train` and `phaseedge-export`); use a model file instead"
-        )
-    return path
-
 
 class Segmenter:
     """Tiled phase segmentation of whole frames with one model.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Rebuild the bundled demo model phaseedge/models/default.onnx (+ default.onnx.json sidecar):
+# Rebuild the bundled demo model phaseedge/bundled/default.onnx (+ default.onnx.json sidecar):
 # a small U-Net+PLM (3 synthetic phases, tile 128) trained on phaseedge.synth micrographs on CPU
 # (training seeds 10000-10023, validation 20000-20003: disjoint from the demo frame, seed 2026,
 # and from the test seeds), exported with phaseedge-export, then checked on a frame it never saw
@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 RUN=${1:-runs/default-model}
 MINUTES=${2:-15}
 BIN=.venv/bin
-MODEL=phaseedge/models/default.onnx
+MODEL=phaseedge/bundled/default.onnx
 
 "$BIN/phaseedge-train" fit --config train/configs/demo-synth.json --data synth \
     --synth-train 24 --synth-val 4 --synth-size 512 --max-minutes "$MINUTES" --out "$RUN" --no-progress

@@ -161,10 +161,10 @@ def test_mismatched_or_missing_model_is_exit_2(workdir, capsys):
 
 
 def test_default_model_missing_is_exit_2(workdir, monkeypatch, capsys):
-    from phaseedge import segmenter
+    from phaseedge import bundled
 
     d, _ = workdir
-    monkeypatch.setattr(segmenter, "MODELS_DIR", d / "empty")
+    monkeypatch.setattr(bundled, "DIR", d / "empty")
     assert main(["segment", str(d / "a.tif"), "--model", "default", "--out", str(d / "o")]) == 2
     assert "bundled model" in capsys.readouterr().err
 
@@ -184,19 +184,19 @@ def test_version_entry_point():
 
 # ------------------------------------------------------------------ demo
 def test_demo_without_the_bundled_model_fails_clearly(tmp_path, monkeypatch, capsys):
-    from phaseedge import demo, segmenter
+    from phaseedge import bundled, demo
 
-    monkeypatch.setattr(segmenter, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(bundled, "DIR", tmp_path)
     assert demo.main(["--out", str(tmp_path / "o"), "--size", "64x48"]) == 2
     assert "bundled model" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # no fake output
 
 
 def test_demo_runs_with_a_model(tmp_path, monkeypatch, capsys):
-    from phaseedge import demo, segmenter, synth
+    from phaseedge import bundled, demo, synth
 
     write_graph(tmp_path / "default.onnx", "ratio", tile=32, n=3, class_names=synth.class_names(3))
-    monkeypatch.setattr(segmenter, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(bundled, "DIR", tmp_path)
     assert demo.main(["--out", str(tmp_path / "o"), "--size", "96x64"]) == 0
     assert demo.main(["--out", str(tmp_path / "o2"), "--size", "64x40", "--model", str(tmp_path / "default.onnx"),
                       "--with-ratio"]) == 0

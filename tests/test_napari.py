@@ -112,7 +112,7 @@ def test_runtime_imports_without_qt_or_napari():
 
 
 def test_widget_has_one_slider_per_model_class(widget):
-    sidecar = json.loads((MANIFEST.parents[1] / "models" / "default.onnx.json").read_text())
+    sidecar = json.loads((MANIFEST.parents[1] / "bundled" / "default.onnx.json").read_text())
     assert tuple(widget.sliders) == tuple(sidecar["class_names"]) == CLASSES
     assert [s.objectName() for s in widget.sliders.values()] == [f"ratio_{c}" for c in CLASSES]
     assert widget.last_error is None
