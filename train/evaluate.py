@@ -247,7 +247,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
     from phaseedge.train.data import synthetic
-    from phaseedge.train.fit import parse_seeds
+    from phaseedge.train.cliargs import parse_seeds
 
     torch.set_num_threads(args.threads)
     ckpt = Path(args.checkpoint)

@@ -19,20 +19,6 @@ SYNTH_TRAIN_SEED = 10_000
 SYNTH_VAL_SEED = 20_000
 
 
-def parse_seeds(text: str) -> list[int]:
-    """Non-negative seeds: ``"3,5,9"``, ``"100-115"`` (inclusive) or a mix."""
-    seeds: list[int] = []
-    try:
-        for part in filter(None, (p.strip() for p in text.split(","))):
-            a, _, b = part.partition("-")
-            seeds.extend(range(int(a), int(b or a) + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"seeds must look like '1,2,5-9', got {text!r}") from None
-    if not seeds:
-        raise argparse.ArgumentTypeError(f"no seeds in {text!r}")
-    return seeds
-
-
 def parse_override(text: str) -> tuple[list[str], object]:
     """``a.b=JSON`` -> (["a", "b"], value); a value that is not JSON is taken as a string."""
     key, sep, raw = text.partition("=")

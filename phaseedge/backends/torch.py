@@ -2,7 +2,9 @@
 
 For reference and debugging (parity with the exported graphs), and for tiled
 whole-image evaluation during training: ``Segmenter(model=<module>, backend="torch")``.
-torch is imported here only, never by ``import phaseedge``.
+torch is imported here only, never by ``import phaseedge``. Checkpoint directories are a
+training artefact: `_load_checkpoint` is the runtime's one door into ``phaseedge.train``
+(lazy, only for a directory; an ``nn.Module`` or an exported graph never opens it).
 """
 
 from __future__ import annotations
@@ -40,10 +42,7 @@ class TorchBackend(Backend):
             path = Path(model)
             if not path.is_dir():
                 raise ValueError(f"the torch backend takes a checkpoint directory or an nn.Module, got {path}")
-            from phaseedge.train.checkpoint import load
-
-            where = f"cuda:{int(device)}" if torch.cuda.is_available() else "cpu"
-            module = load(path, map_location=where)
+            module = _load_checkpoint(path, f"cuda:{int(device)}" if torch.cuda.is_available() else "cpu")
         elif isinstance(model, torch.nn.Module):
             module = model
         else:
@@ -91,3 +90,13 @@ class TorchBackend(Backend):
 
     def close(self) -> None:
         self.module = None
+
+
+def _load_checkpoint(path: Path, where: str) -> Any:
+    """A training checkpoint directory as a module on ``where`` (`phaseedge.train.checkpoint.load`)."""
+    try:
+        from phaseedge.train.checkpoint import load
+    except ImportError as exc:
+        raise ImportError(f"loading the checkpoint {path} needs phaseedge's training extra: "
+                          "pip install 'phaseedge[train]' (or export it with phaseedge-export)") from exc
+    return load(path, map_location=where)
