@@ -7,10 +7,13 @@ each whole image the same way before cropping, so the model sees the same contra
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-#: stored in every config / sidecar
-METHOD = {"method": "percentile", "low": 0.5, "high": 99.5}
+#: the one normalisation record: stored in every checkpoint config and sidecar, the backends'
+#: default when a model does not say (copy it before changing it)
+METHOD: dict[str, Any] = {"method": "percentile", "low": 0.5, "high": 99.5}
 #: frames with more pixels are subsampled on a regular grid for the percentiles
 MAX_SAMPLES = 1 << 22
 #: dtypes passed through as they are (what the host ops read)

@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 0.5, "high": 99.5}
+from phaseedge.normalize import METHOD
+
+#: what a backend reports when its model records no normalisation: ``phaseedge.normalize.METHOD``
+DEFAULT_NORMALIZATION: dict[str, Any] = METHOD
 
 
 class Backend(abc.ABC):

@@ -12,10 +12,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from phaseedge.normalize import METHOD as NORMALIZATION
+
 FORMAT_VERSION = 1
-# Per-frame percentile normalisation done before the model (phaseedge.normalize); recorded in
-# every config so the runtime normalises exactly as training did.
-NORMALIZATION: dict[str, Any] = {"method": "percentile", "low": 0.5, "high": 99.5}
+# NORMALIZATION: the per-frame percentile normalisation done before the model
+# (phaseedge.normalize), recorded in every config so the runtime normalises exactly as training did.
 
 
 class LayerNorm2d(nn.LayerNorm):
