@@ -112,7 +112,7 @@ def engine_runner(engine: Path) -> tuple[object | None, str | None]:
     """(runner, None) or (None, why it cannot run here). Never touches TensorRT without a GPU."""
     sc = sidecar_mod.load(engine)
     target = sc.engine.target
-    module = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}[target]
+    module = sidecar_mod.TARGET_MODULES[target]
     if not gpu.has_cuda_gpu():
         return None, "no NVIDIA GPU on this machine: engines only run on a GPU"
     if importlib.util.find_spec(module) is None:

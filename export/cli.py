@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from phaseedge import __version__
-from phaseedge.sidecar import SidecarError
+from phaseedge.sidecar import TARGETS, SidecarError
 
 
 def _batch(text: str) -> tuple[int, int, int]:
@@ -156,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", help=".onnx with its sidecar (fp16 graph for an fp16 engine)")
     t.add_argument("-o", "--output", required=True, help="output .engine path")
     t.add_argument("--batch", type=_batch, required=True, help="MIN:OPT:MAX optimisation profile, e.g. 1:4:8")
-    t.add_argument("--target", choices=("tensorrt", "rtx"), default="tensorrt",
+    t.add_argument("--target", choices=TARGETS, default="tensorrt",
                    help="tensorrt (needs a GPU to build) or rtx (TensorRT for RTX; builds without a GPU)")
     t.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit in MB")
     t.add_argument("--timing-cache", default=None, metavar="FILE", help="timing cache read before, written after")

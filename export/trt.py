@@ -33,8 +33,8 @@ from typing import Any
 
 from phaseedge import names
 from phaseedge import sidecar as sidecar_mod
+from phaseedge.sidecar import TARGET_MODULES
 
-TARGET_MODULES = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
 HEAVY_LAYERS = ("CONVOLUTION", "DECONVOLUTION", "MATRIX_MULTIPLY", "EINSUM")
 MIN_FP16_HEAVY_SHARE = 0.9  # an fp16 build must run at least this share of Conv/MatMul/Einsum layers in fp16
 

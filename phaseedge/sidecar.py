@@ -30,7 +30,9 @@ from phaseedge import __version__, names
 FORMAT_VERSION = 1
 KINDS = ("onnx", "engine")
 PRECISIONS = ("fp32", "fp16")
-TARGETS = ("tensorrt", "rtx")
+#: engine targets (``engine.target``) -> the Python module that builds and runs them (export and runtime alike)
+TARGET_MODULES: dict[str, str] = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
+TARGETS = tuple(TARGET_MODULES)
 NO_GPU = "none (built without GPU)"
 BATCH_DIM = "B"
 _SUFFIX_KIND = {".onnx": "onnx", ".engine": "engine"}

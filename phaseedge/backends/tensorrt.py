@@ -40,11 +40,10 @@ import numpy as np
 from phaseedge import names, sidecar
 from phaseedge.backends.base import Backend
 from phaseedge.gpu import has_cuda_gpu
+from phaseedge.sidecar import TARGET_MODULES
 
 log = logging.getLogger(__name__)
 
-# sidecar ``engine.target`` -> Python module that runs it
-TARGET_MODULES: dict[str, str] = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
 # pip distributions that ship each module (the meta package, then the CUDA-specific ones)
 _DISTRIBUTIONS: dict[str, tuple[str, ...]] = {
     "tensorrt": ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-bindings", "tensorrt-cu12-bindings"),
