@@ -19,7 +19,6 @@ build, compiled for the GPU at load time). Without a GPU we never create a Runti
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from phaseedge import names
+from phaseedge import gpu, names
 from phaseedge import sidecar as sidecar_mod
 from phaseedge.sidecar import TARGET_MODULES
 
@@ -114,51 +113,15 @@ def parse_batch(text: str) -> tuple[int, int, int]:
     return parts[0], parts[1], parts[2]
 
 
-CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR = 75
-CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR = 76
-
-
-def _load_driver() -> Any:
-    """The CUDA driver library (ctypes), or None where it is not installed."""
+def device_info(device: int = 0) -> gpu.DeviceInfo | None:
+    """The GPU the build targets (:func:`phaseedge.gpu.device_info`, which the runtime checks
+    engines against); None without a driver or GPU. A device past the last GPU, or a failed
+    driver call, is a :class:`BuildError`: recording the wrong GPU in the sidecar, or none,
+    would be worse."""
     try:
-        return ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return None
-
-
-def device_info(device: int = 0) -> tuple[str, str] | None:
-    """(name, "major.minor") of CUDA device ``device``, the one the build targets, via the
-    driver API; None without a driver or GPU.
-
-    ``cuInit`` comes first (the driver API answers nothing before it). A ``device`` past
-    the last GPU, or a driver call that fails once a GPU is known to be there, is a
-    :class:`BuildError`: recording the wrong GPU in the sidecar, or none, would be worse.
-    """
-    if isinstance(device, bool) or not isinstance(device, int) or device < 0:
-        raise ValueError(f"device must be a CUDA device index >= 0, got {device!r}")
-    cuda = _load_driver()
-    if cuda is None or cuda.cuInit(0) != 0:  # no driver, or no usable GPU (CUDA_ERROR_NO_DEVICE, ...)
-        return None
-    count = ctypes.c_int(0)
-    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value <= 0:
-        return None
-    if device >= count.value:
-        raise BuildError(f"CUDA device {device} does not exist: this machine has {count.value} "
-                         f"(0..{count.value - 1}; CUDA_VISIBLE_DEVICES renumbers them)")
-
-    def call(name: str, *args: Any) -> None:
-        rc = getattr(cuda, name)(*args)
-        if rc != 0:
-            raise BuildError(f"CUDA driver call {name} for device {device} failed (CUresult {rc})")
-
-    dev = ctypes.c_int(0)
-    buf = ctypes.create_string_buffer(256)
-    major, minor = ctypes.c_int(0), ctypes.c_int(0)
-    call("cuDeviceGet", ctypes.byref(dev), device)
-    call("cuDeviceGetName", buf, 256, dev)
-    call("cuDeviceGetAttribute", ctypes.byref(major), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, dev)
-    call("cuDeviceGetAttribute", ctypes.byref(minor), CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, dev)
-    return buf.value.decode(errors="replace"), f"{major.value}.{minor.value}"
+        return gpu.device_info(device)
+    except gpu.GpuError as e:
+        raise BuildError(str(e)) from e
 
 
 def _make_logger(trt: ModuleType, verbose: bool):
@@ -408,8 +371,8 @@ def build_engine(
     engine_info = sidecar_mod.EngineInfo(
         target=target,
         tensorrt_version=str(trt.__version__),
-        gpu_name=dev[0] if dev else sidecar_mod.NO_GPU,
-        compute_capability=dev[1] if dev and target == "tensorrt" else None,
+        gpu_name=dev.name if dev else sidecar_mod.NO_GPU,
+        compute_capability=dev.compute_capability if dev and target == "tensorrt" else None,
         version_compatible=version_compatible,
         hardware_compatible=hardware_compatible,
         strongly_typed=strongly_typed is not None,

@@ -17,11 +17,12 @@ import contextlib
 import ctypes
 import functools
 import math
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 import numpy as np
+
+from phaseedge import gpu
 
 # cudaErrorInsufficientDriver: no driver at all, or cuda-python built for a newer CUDA than the driver
 _HINTS = {35: " (is there an NVIDIA driver? cuda-python 13.x needs a CUDA 13 driver; use cuda-python 12.x with a CUDA 12 one)"}
@@ -75,33 +76,21 @@ def _describe(err: Any) -> str:
     return f": {text}" if text else ""
 
 
-@dataclass(frozen=True)
-class DeviceInfo:
-    """What a TensorRT engine is bound to: the GPU's name and compute capability ("8.9")."""
+def device_info(device: int = 0) -> gpu.DeviceInfo:
+    """Name and compute capability of ``device``, for code about to drive it with cuda-python.
 
-    index: int
-    name: str
-    compute_capability: str
-    total_memory: int
-
-
-def device_info(device: int = 0) -> DeviceInfo:
-    """Name and compute capability of ``device`` from cudaGetDeviceProperties.
-
-    The name is the driver's own string (the same one nvidia-smi and the exporter
-    record), so it can be compared with an engine's sidecar.
+    Read by :func:`phaseedge.gpu.device_info`, the one GPU reader (the driver's own strings,
+    the same ones the exporter records in a sidecar). Here cuda-python must be installed
+    (ImportError with the install hint otherwise) and the GPU present (:class:`CudaError`).
     """
-    rt = cudart()
-    prop = check(rt.cudaGetDeviceProperties(int(device)), f"cudaGetDeviceProperties({device})")
-    name = prop.name
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name).split(b"\0", 1)[0].decode(errors="replace")
-    return DeviceInfo(
-        index=int(device),
-        name=str(name).strip(),
-        compute_capability=f"{int(prop.major)}.{int(prop.minor)}",
-        total_memory=int(prop.totalGlobalMem),
-    )
+    cudart()
+    try:
+        info = gpu.device_info(device)
+    except gpu.GpuError as e:
+        raise CudaError(f"device_info({device}): {e}") from e
+    if info is None:
+        raise CudaError(f"device_info({device}): no CUDA driver or GPU on this machine")
+    return info
 
 
 def set_device(device: int) -> None:

@@ -1,4 +1,5 @@
-"""export/trt.py's GPU probe: cuInit first, the device the build targets, no driver or GPU -> None.
+"""The GPU probe (phaseedge.gpu, through export/trt.py's device_info): cuInit first, the device the
+build targets, no driver or GPU -> None.
 
 Runs without TensorRT and without a GPU: the driver library is replaced by a fake.
 """
@@ -10,6 +11,7 @@ import ctypes
 import pytest
 from phaseedge.export import trt
 
+from phaseedge import gpu
 from phaseedge.gpu import has_cuda_gpu
 
 
@@ -53,8 +55,8 @@ class FakeDriver:
     def cuDeviceGetAttribute(self, ref, attr: int, dev: ctypes.c_int) -> int:
         self.calls.append(("cuDeviceGetAttribute", attr, dev.value))
         major, minor = self.gpus[dev.value][1]
-        ref._obj.value = {trt.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: major,
-                          trt.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: minor}[attr]
+        ref._obj.value = {gpu.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: major,
+                          gpu.CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: minor}[attr]
         return 0
 
 
@@ -68,13 +70,13 @@ def test_probe_without_gpu_returns_none():
 
 
 def test_probe_without_driver_library(monkeypatch):
-    monkeypatch.setattr(trt, "_load_driver", lambda: None)
+    monkeypatch.setattr(gpu, "_load_driver", lambda: None)
     assert trt.device_info(0) is None
 
 
 def test_probe_when_cuinit_fails(monkeypatch):
     fake = FakeDriver(MIXED, init_rc=100)  # CUDA_ERROR_NO_DEVICE
-    monkeypatch.setattr(trt, "_load_driver", lambda: fake)
+    monkeypatch.setattr(gpu, "_load_driver", lambda: fake)
     assert trt.device_info(1) is None
     assert [c[0] for c in fake.calls] == ["cuInit"]
 
@@ -82,7 +84,7 @@ def test_probe_when_cuinit_fails(monkeypatch):
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_probe_inits_first_and_reads_the_requested_device(monkeypatch, index):
     fake = FakeDriver(MIXED)
-    monkeypatch.setattr(trt, "_load_driver", lambda: fake)
+    monkeypatch.setattr(gpu, "_load_driver", lambda: fake)
     name, (major, minor) = MIXED[index]
     assert trt.device_info(index) == (name, f"{major}.{minor}")
     assert fake.calls[0] == ("cuInit", 0)
@@ -92,7 +94,7 @@ def test_probe_inits_first_and_reads_the_requested_device(monkeypatch, index):
 
 
 def test_probe_refuses_a_device_past_the_last(monkeypatch):
-    monkeypatch.setattr(trt, "_load_driver", lambda: FakeDriver(MIXED))
+    monkeypatch.setattr(gpu, "_load_driver", lambda: FakeDriver(MIXED))
     with pytest.raises(trt.BuildError, match="device 3 does not exist.*has 3"):
         trt.device_info(3)
     with pytest.raises(ValueError, match="device index"):

@@ -22,16 +22,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from phaseedge import cuda_mem, names, sidecar
+from phaseedge import cuda_mem, gpu, names, sidecar
 from phaseedge.backends import tensorrt as trtb
 from phaseedge.backends.base import Backend
-from phaseedge.gpu import has_cuda_gpu
+from phaseedge.gpu import DeviceInfo, has_cuda_gpu
 from phaseedge.segmenter import Segmenter
+from tests.test_export_probe import FakeDriver
 
 REPO = Path(__file__).resolve().parents[1]
 TILE, N = 16, 3
 TRT_VERSION = "10.13.0.35"
-GPU = cuda_mem.DeviceInfo(index=0, name="NVIDIA RTX A4000", compute_capability="8.6", total_memory=16 << 30)
+GPU = DeviceInfo(name="NVIDIA RTX A4000", compute_capability="8.6")
 
 
 def write_engine(
@@ -191,11 +192,11 @@ def test_wrong_tensorrt_version(env, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("gpu", "match"),
     [
-        (cuda_mem.DeviceInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30), "compute capability 8.6"),
-        (cuda_mem.DeviceInfo(0, "NVIDIA RTX A5000", "8.6", 24 << 30), "GPU NVIDIA RTX A4000"),
+        (DeviceInfo("NVIDIA GeForce RTX 4090", "8.9"), "compute capability 8.6"),
+        (DeviceInfo("NVIDIA RTX A5000", "8.6"), "GPU NVIDIA RTX A4000"),
     ],
 )
-def test_wrong_gpu(env, tmp_path: Path, gpu: cuda_mem.DeviceInfo, match: str) -> None:
+def test_wrong_gpu(env, tmp_path: Path, gpu: DeviceInfo, match: str) -> None:
     env.gpu = gpu
     with pytest.raises(sidecar.SidecarError, match=match + ".*rebuild with phaseedge-export"):
         trtb.TensorRTBackend(write_engine(tmp_path))
@@ -208,7 +209,7 @@ def test_matching_gpu_is_accepted_at_construction(env, tmp_path: Path) -> None:
 
 
 def test_rtx_engine_built_without_gpu_accepts_any_gpu(env, tmp_path: Path) -> None:
-    env.gpu = cuda_mem.DeviceInfo(0, "NVIDIA GeForce RTX 4090", "8.9", 24 << 30)
+    env.gpu = DeviceInfo("NVIDIA GeForce RTX 4090", "8.9")
     path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
     env.version = "1.7.1.116"
     b = trtb.TensorRTBackend(path, runtime_cache=tmp_path / "jit.cache")
@@ -216,7 +217,7 @@ def test_rtx_engine_built_without_gpu_accepts_any_gpu(env, tmp_path: Path) -> No
 
 
 def test_rtx_engine_refuses_a_turing_gpu_without_an_explicit_target(env, tmp_path: Path) -> None:
-    env.gpu = cuda_mem.DeviceInfo(0, "Tesla T4", "7.5", 16 << 30)
+    env.gpu = DeviceInfo("Tesla T4", "7.5")
     env.version = "1.7.1.116"
     path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
     with pytest.raises(sidecar.SidecarError, match="8.6, 8.9, 12.0.*Tesla T4.*explicit target.*rebuild"):
@@ -224,7 +225,7 @@ def test_rtx_engine_refuses_a_turing_gpu_without_an_explicit_target(env, tmp_pat
 
 
 def test_rtx_engine_refuses_a_data_centre_gpu(env, tmp_path: Path) -> None:
-    env.gpu = cuda_mem.DeviceInfo(0, "NVIDIA H200", "9.0", 141 << 30)
+    env.gpu = DeviceInfo("NVIDIA H200", "9.0")
     env.version = "1.7.1.116"
     path = write_engine(tmp_path, target="rtx", version="1.7.1.116", gpu_name=sidecar.NO_GPU, cc=None)
     with pytest.raises(sidecar.SidecarError, match="H200.*not a TensorRT-RTX GPU.*build a TensorRT engine"):
@@ -697,7 +698,6 @@ def test_cuda_check_unwraps_result_tuples() -> None:
         (lambda: cuda_mem.PinnedArray((2, 3), np.float16), "cudaHostAlloc"),
         (cuda_mem.Stream, "cudaStreamCreateWithFlags"),
         (cuda_mem.Event, "cudaEventCreateWithFlags"),
-        (lambda: cuda_mem.device_info(0), "cudaGetDeviceProperties"),
         (lambda: cuda_mem.set_device(0), "cudaSetDevice"),
         (lambda: cuda_mem.copy_to_device_async(_fake_buffer(), np.zeros(4, np.float32), _null_stream()),
          "cudaMemcpyAsync"),
@@ -809,11 +809,6 @@ class CtypesRuntime:
         assert flags == self.cudaEventDisableTiming
         return (_Err(0), next(self.handles))
 
-    def cudaGetDeviceProperties(self, device):
-        if device != 0:
-            return (_Err(101), None)
-        return (_Err(0), types.SimpleNamespace(name=b"NVIDIA RTX A4000\0\0\0", major=8, minor=6, totalGlobalMem=16 << 30))
-
     def __getattr__(self, name: str):  # streams/events/device: accept and succeed
         if name in {"cudaStreamSynchronize", "cudaStreamDestroy", "cudaStreamWaitEvent", "cudaEventRecord",
                     "cudaEventSynchronize", "cudaEventDestroy", "cudaSetDevice"}:
@@ -844,11 +839,17 @@ class CtypesContext(FakeContext):
 
 
 def test_cuda_mem_device_info_and_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuda_mem.device_info reads the GPU through phaseedge.gpu (the driver), needs cuda-python, and
+    turns a missing device into a CudaError naming the call."""
     monkeypatch.setattr(cuda_mem, "cudart", lambda: CtypesRuntime())
+    monkeypatch.setattr(gpu, "_load_driver", lambda: FakeDriver([("NVIDIA RTX A4000", (8, 6))]))
     info = cuda_mem.device_info(0)
     assert (info.name, info.compute_capability) == ("NVIDIA RTX A4000", "8.6")
-    with pytest.raises(cuda_mem.CudaError, match=r"cudaGetDeviceProperties\(1\).*\(101\): invalid device ordinal"):
+    with pytest.raises(cuda_mem.CudaError, match=r"device_info\(1\).*device 1 does not exist"):
         cuda_mem.device_info(1)
+    monkeypatch.setattr(gpu, "_load_driver", lambda: None)
+    with pytest.raises(cuda_mem.CudaError, match=r"device_info\(0\): no CUDA driver or GPU"):
+        cuda_mem.device_info(0)
 
 
 def test_pipeline_over_real_cuda_mem_moves_the_right_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
