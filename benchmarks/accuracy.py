@@ -12,9 +12,9 @@ Two questions, answered on a labelled folder (e.g. MetalDAM val):
    pixels with the same label (argmax agreement) and the macro Dice between the two
    label maps.
 
-Scoring follows the training evaluator's conventions (`phaseedge-train eval`: whole
-frames through `phaseedge.Segmenter`, pixels pooled in one confusion matrix,
-fraction error averaged per frame), so these numbers and `phaseedge-train eval`'s agree.
+Scoring is the training evaluator's own (`phaseedge.train.evaluate.evaluate`: whole
+frames through `phaseedge.Segmenter`, pixels pooled in one confusion matrix, fraction
+error averaged per frame), so these numbers and `phaseedge-train eval`'s agree.
 """
 
 from __future__ import annotations
@@ -41,43 +41,25 @@ def _segmenter(spec: ModelSpec, mode: str, overlap: float):
     return Segmenter(spec.path, backend=backend, overlap=overlap, ratio_mode=mode)
 
 
-def expert_ratio(truth: np.ndarray, alpha: str) -> np.ndarray | None:
-    """The simulated expert's ratio for one frame: none, exact, or Eq. 4-5 at accuracy α."""
-    from phaseedge import ratio as ratio_ops
-
-    if alpha == "none":
-        return None
-    if alpha == "exact":
-        return truth.astype(np.float32)
-    return ratio_ops.guess(truth, float(alpha))
+#: what ``phaseedge-train eval`` adds to each score that this report keeps elsewhere (mode, alpha,
+#: overlap and images) or has no use for
+_EVAL_ONLY = ("ratio_accuracy", "calibrate", "overlap", "images", "ratio_mode", "tta", "group_dice")
 
 
 def score(seg, items: list, alpha: str, progress: bool = False) -> dict[str, Any]:
-    """Scores of the Segmenter's labels (its ratio mode applied) over ``items``.
+    """Scores of the Segmenter's labels (its ratio mode applied) over ``items`` at expert accuracy ``alpha``.
 
-    The same conventions as ``phaseedge-train eval``: pixels pooled in one confusion
-    matrix (`phaseedge.metrics.ConfusionMatrix`), ``fraction_mae`` the mean over frames
-    of each frame's mean absolute fraction error. The labels are the Segmenter's own, so
-    the calibrate mode's prior shift is in them.
+    ``phaseedge-train eval``'s own :func:`phaseedge.train.evaluate.evaluate` (no torch), so the two
+    cannot drift apart: the simulated expert of Eq. 4-5, pixels pooled in one confusion matrix,
+    ``fraction_mae`` the mean over frames of each frame's mean absolute fraction error. The labels
+    are the Segmenter's own, so the calibrate mode's prior shift is in them.
     """
-    from tqdm import tqdm
+    from phaseedge.train.evaluate import evaluate
 
-    from phaseedge import ratio as ratio_ops
-    from phaseedge.metrics import ConfusionMatrix
-
-    n = seg.n_classes
-    cm = ConfusionMatrix(n, list(seg.class_names))
-    errors = []
-    for it in tqdm(items, desc=f"{seg.ratio_mode} α={alpha}", disable=not progress, leave=False):
-        truth = ratio_ops.from_mask(it.mask, n)
-        labels = seg.segment(it.image, ratio=expert_ratio(truth, alpha)).labels
-        cm.update(labels, it.mask)
-        pred = np.bincount(labels.ravel(), minlength=n)[:n] / labels.size
-        errors.append(float(np.mean(np.abs(pred - truth))))
-    summary = cm.summary()
-    summary["pooled_fraction_mae"] = summary["fraction_mae"]
-    summary["fraction_mae"] = float(np.mean(errors))
-    return summary
+    (row,) = evaluate(seg, items, [alpha], progress=progress)
+    for key in _EVAL_ONLY:
+        del row[key]
+    return row
 
 
 def sweep(spec: ModelSpec, items: list, alphas: tuple[str, ...], modes: tuple[str, ...], overlap: float,
