@@ -68,9 +68,15 @@ def _macro(per_class: np.ndarray) -> float:
         return float(np.nanmean(per_class))
 
 
-def _fractions(counts: np.ndarray) -> np.ndarray:
-    total = counts.sum()
-    return counts / total if total else np.full(counts.shape, np.nan)
+def fractions_from_counts(counts) -> np.ndarray:
+    """Phase fractions float64 ``[n]`` from per-class pixel counts, NaN when there are no pixels.
+
+    The one counts -> fractions step: a mask's bincount, a confusion matrix's row or column
+    sums, a result's ``counts``; :func:`fractions` is it applied to a label mask.
+    """
+    c = np.asarray(counts)
+    total = c.sum()
+    return c / total if total else np.full(c.shape, np.nan)
 
 
 def dice(pred, truth, n_classes: int) -> np.ndarray:
@@ -103,13 +109,14 @@ def fractions(mask, n_classes: int) -> np.ndarray:
     """Phase fractions of a label mask, float64 ``[n]`` summing to 1 (NaN for an empty mask)."""
     n = _check_n(n_classes)
     m = _labels(mask, "mask", n)
-    return _fractions(np.bincount(m.ravel(), minlength=n).astype(np.float64))
+    return fractions_from_counts(np.bincount(m.ravel(), minlength=n).astype(np.float64))
 
 
 def fraction_error(pred, truth, n_classes: int) -> float:
     """Mean absolute error between predicted and true phase fractions, over all classes."""
     cm = confusion(pred, truth, n_classes)
-    return float(np.mean(np.abs(_fractions(cm.sum(axis=0)) - _fractions(cm.sum(axis=1)))))
+    pred, true = fractions_from_counts(cm.sum(axis=0)), fractions_from_counts(cm.sum(axis=1))
+    return float(np.mean(np.abs(pred - true)))
 
 
 class ConfusionMatrix:
@@ -152,7 +159,7 @@ class ConfusionMatrix:
 
     def fractions(self) -> tuple[np.ndarray, np.ndarray]:
         """(predicted, true) phase fractions over all pixels seen."""
-        return _fractions(self.matrix.sum(axis=0)), _fractions(self.matrix.sum(axis=1))
+        return fractions_from_counts(self.matrix.sum(axis=0)), fractions_from_counts(self.matrix.sum(axis=1))
 
     def fraction_error(self) -> float:
         pred, true = self.fractions()

@@ -48,6 +48,13 @@ def test_fractions_and_error():
     assert metrics.fraction_error(TRUTH, TRUTH, 4) == 0.0
 
 
+def test_fractions_from_counts_is_the_step_fractions_uses():
+    counts = np.bincount(TRUTH.ravel(), minlength=4)
+    np.testing.assert_array_equal(metrics.fractions_from_counts(counts), metrics.fractions(TRUTH, 4))
+    assert metrics.fractions_from_counts([3, 1]).tolist() == [0.75, 0.25]
+    assert np.isnan(metrics.fractions_from_counts(np.zeros(3, np.int64))).all()
+
+
 def test_perfect_prediction():
     assert metrics.macro_dice(TRUTH, TRUTH, 3) == 1.0
     assert metrics.miou(TRUTH, TRUTH, 3) == 1.0
