@@ -263,6 +263,13 @@ RTX_SUPPORTED: frozenset[tuple[int, int]] = frozenset({(7, 5), (8, 6), (8, 9), (
 RTX_PORTABLE: frozenset[tuple[int, int]] = frozenset({(8, 6), (8, 9), (12, 0)})
 
 
+def _mismatch(sidecar: Sidecar, what: str, built: str, here: str) -> SidecarError:
+    """The one wording of "built for X, this machine has Y" that every engine check raises."""
+    return SidecarError(
+        f"engine {sidecar.file_name or ''} was built for {what} {built}, this machine has {here}; {_REBUILD}"
+    )
+
+
 def check_engine_version(sidecar: Sidecar, trt_version: str, target: str | None = None) -> None:
     """The TensorRT-version and target half of :func:`check_engine_compatible` (no GPU needed)."""
     if sidecar.kind != "engine" or sidecar.engine is None:
@@ -270,10 +277,7 @@ def check_engine_version(sidecar: Sidecar, trt_version: str, target: str | None 
     eng = sidecar.engine
 
     def fail(what: str, built: str, here: str) -> None:
-        raise SidecarError(
-            f"engine {sidecar.file_name or ''} was built for {what} {built}, this machine has "
-            f"{here}; {_REBUILD}"
-        )
+        raise _mismatch(sidecar, what, built, here)
 
     if target is not None and target != eng.target:
         fail("target", eng.target, target)
@@ -307,10 +311,7 @@ def check_engine_compatible(
     cc = _cc_str(compute_capability)
 
     def fail(what: str, built: str, here: str) -> None:
-        raise SidecarError(
-            f"engine {sidecar.file_name or ''} was built for {what} {built}, this machine has "
-            f"{here}; {_REBUILD}"
-        )
+        raise _mismatch(sidecar, what, built, here)
 
     if eng.target == "rtx":
         here = _version_tuple(cc)[:2]
