@@ -14,11 +14,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from phaseedge.normalize import METHOD
+
+if TYPE_CHECKING:
+    from phaseedge.sidecar import Sidecar
 
 #: what a backend reports when its model records no normalisation: ``phaseedge.normalize.METHOD``
 DEFAULT_NORMALIZATION: dict[str, Any] = METHOD
@@ -86,6 +89,19 @@ class Backend(abc.ABC):
                 pending = nxt
             if pending is not None:
                 yield pending.result()
+
+    def _take_sidecar(self, sc: Sidecar) -> None:
+        """Set the model attributes a file backend reads from its sidecar, one list for all of them.
+
+        ``max_batch`` is left to the caller (an engine's may be capped below its profile).
+        """
+        self.tile = sc.tile
+        self.n_classes = sc.n_classes
+        self.class_names = tuple(sc.class_names)
+        self.normalization = dict(sc.normalization)
+        self.pixel_size_m = sc.pixel_size_m
+        self.trained_on = sc.trained_on
+        self.precision = sc.precision
 
     def check_batch(self, images: np.ndarray, ratio: np.ndarray) -> None:
         """Shape checks shared by all backends (cheap; catches wiring errors early)."""

@@ -346,13 +346,7 @@ class TensorRTBackend(Backend):
         if has_cuda_gpu():  # compare the GPU now when there is one; otherwise first use refuses to run
             self._check_gpu()
 
-        self.tile = sc.tile
-        self.n_classes = sc.n_classes
-        self.class_names = tuple(sc.class_names)
-        self.normalization = dict(sc.normalization)
-        self.pixel_size_m = sc.pixel_size_m
-        self.trained_on = sc.trained_on
-        self.precision = sc.precision
+        self._take_sidecar(sc)
         if max_batch is None:
             self.max_batch = sc.batch[2]
         elif not isinstance(max_batch, int) or max_batch < 1:
