@@ -141,7 +141,8 @@ def test_sam_vit_b_shapes_at_both_tiles(tile, grid):
         model = build_model("sam-vit-b", 3, tile=tile)
         image, ratio = torch.empty(2, 1, tile, tile), torch.empty(2, 3)
         assert model.image_encoder(image).shape == (2, 256, grid, grid)
-        assert model.low_res_logits(image, ratio).shape == (2, 3, 4 * grid, 4 * grid)
+        features = model.plm(model.image_encoder(image), ratio)
+        assert model.mask_decoder(features, *model.prompt_encoder()).shape == (2, 3, 4 * grid, 4 * grid)
         assert model(image, ratio).shape == (2, 3, tile, tile)
     assert model.image_encoder.pos_embed.shape == (1, grid, grid, 768)
     global_blocks = [i for i, b in enumerate(model.image_encoder.blocks) if b.window_size == 0]

@@ -35,7 +35,7 @@ def test_adapter_shapes_scale_and_init():
         adapter.q_b.weight.normal_()
         adapter.v_b.weight.normal_()
     x = torch.randn(5, 32)
-    delta = adapter(x)
+    delta = adapter(x, torch.zeros(5, 96))  # applied to a zero qkv: the update itself
     assert not delta[:, 32:64].any(), "k must not be adapted"
     torch.testing.assert_close(delta[:, :32], 0.5 * x @ (adapter.q_b.weight @ adapter.q_a.weight).T)
     torch.testing.assert_close(delta, x @ adapter.delta_weight().T)

@@ -34,11 +34,12 @@ class QVLoRA(nn.Module):
             nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))
             nn.init.zeros_(b.weight)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The additive update to qkv(x): [dq, 0, dv]."""
+    def forward(self, x: torch.Tensor, qkv: torch.Tensor) -> torch.Tensor:
+        """``qkv`` (= qkv(x)) with its q and v thirds updated; k passes through as it is."""
+        q, k, v = qkv.chunk(3, dim=-1)
         dq = self.q_b(self.q_a(x)) * self.scale
         dv = self.v_b(self.v_a(x)) * self.scale
-        return torch.cat([dq, torch.zeros_like(dq), dv], dim=-1)
+        return torch.cat([q + dq, k, v + dv], dim=-1)
 
     def delta_weight(self) -> torch.Tensor:
         """The [3*dim, dim] weight update this adapter adds to qkv."""

@@ -50,17 +50,13 @@ class LoRASam(SegmentationModel):
         if lora_rank > 0:
             apply_lora(self.image_encoder, lora_rank, lora_alpha)
 
-    def low_res_logits(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-        """Decoder logits at 4x the embedding grid ([B,n,T/4,T/4]), before upsampling."""
+    def forward(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         self.check_inputs(image, ratio)
         features = self.image_encoder(image)
         if self.plm is not None:
             features = self.plm(features, ratio)
         image_pe, dense = self.prompt_encoder()
-        return self.mask_decoder(features, image_pe, dense)
-
-    def forward(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
-        low = self.low_res_logits(image, ratio)
+        low = self.mask_decoder(features, image_pe, dense)  # [B,n,T/4,T/4]: 4x the embedding grid
         return F.interpolate(low, size=(self.tile, self.tile), mode="bilinear", align_corners=False)
 
     def merge(self) -> LoRASam:

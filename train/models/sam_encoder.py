@@ -46,7 +46,7 @@ class Attention(nn.Module):
         b, h, w, _ = x.shape
         qkv = self.qkv(x)
         if self.lora is not None:
-            qkv = qkv + self.lora(x)
+            qkv = self.lora(x, qkv)
         qkv = qkv.reshape(b, h * w, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.reshape(3, b * self.num_heads, h * w, -1).unbind(0)
 
