@@ -124,8 +124,9 @@ def test_plan_pads_small_batches_to_the_profile_minimum() -> None:
     inputs, outputs = sidecar.io_specs(64, 3)
     plan = trtb.plan_buffers(inputs, outputs, max_batch=8, min_batch=4)
     assert [plan.run_batch(b) for b in (1, 3, 4, 7, 8)] == [4, 4, 4, 7, 8]
-    assert plan.copy_bytes(names.IMAGE, 1) == 4 * 64 * 64 * 2
-    assert plan.copy_bytes(names.RATIO, 6) == 6 * 3 * 4
+    # what the pipeline copies for b samples: run_batch(b) of them, the padding included
+    assert plan.tensor(names.IMAGE).item_bytes * plan.run_batch(1) == 4 * 64 * 64 * 2
+    assert plan.tensor(names.RATIO).item_bytes * plan.run_batch(6) == 6 * 3 * 4
     for bad in (0, 9):
         with pytest.raises(ValueError, match="outside"):
             plan.run_batch(bad)

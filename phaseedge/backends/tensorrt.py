@@ -120,10 +120,6 @@ class BufferPlan:
             raise ValueError(f"batch size {batch} outside [1, {self.max_batch}]")
         return max(batch, self.min_batch)
 
-    def copy_bytes(self, name: str, batch: int) -> int:
-        """Bytes moved over PCIe for ``batch`` samples: only the used part of a buffer."""
-        return self.tensor(name).item_bytes * self.run_batch(batch)
-
 
 def plan_buffers(
     inputs: Sequence[sidecar.TensorSpec],
