@@ -16,7 +16,8 @@ import numpy as np
 _CHUNK = 1 << 22  # pixels per bincount pass: bounds the int64 temporaries on huge frames
 
 
-def _check_n(n_classes: int) -> int:
+def check_n_classes(n_classes: int) -> int:
+    """``n_classes`` as an int, or ValueError unless it is a positive integer (bool is not)."""
     if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
         raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
     return int(n_classes)
@@ -33,7 +34,7 @@ def _labels(a, name: str, n: int) -> np.ndarray:
 
 def confusion(pred, truth, n_classes: int) -> np.ndarray:
     """Confusion matrix int64 ``[n, n]``: rows are the truth, columns the prediction."""
-    n = _check_n(n_classes)
+    n = check_n_classes(n_classes)
     p = _labels(pred, "pred", n)
     t = _labels(truth, "truth", n)
     if p.shape != t.shape:
@@ -107,7 +108,7 @@ def pixel_accuracy(pred, truth, n_classes: int) -> float:
 
 def fractions(mask, n_classes: int) -> np.ndarray:
     """Phase fractions of a label mask, float64 ``[n]`` summing to 1 (NaN for an empty mask)."""
-    n = _check_n(n_classes)
+    n = check_n_classes(n_classes)
     m = _labels(mask, "mask", n)
     return fractions_from_counts(np.bincount(m.ravel(), minlength=n).astype(np.float64))
 
@@ -129,7 +130,7 @@ class ConfusionMatrix:
     """
 
     def __init__(self, n_classes: int, class_names: list[str] | None = None) -> None:
-        self.n_classes = _check_n(n_classes)
+        self.n_classes = check_n_classes(n_classes)
         if class_names is not None and len(class_names) != self.n_classes:
             raise ValueError(f"{len(class_names)} class names for {self.n_classes} classes")
         self.class_names = list(class_names) if class_names is not None else None
