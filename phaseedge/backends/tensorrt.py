@@ -358,7 +358,6 @@ class TensorRTBackend(Backend):
         self._run_lock = threading.Lock()
         self._runner: int | None = None  # thread id holding _run_lock
         self._closed = False
-        self._trt: ModuleType | None = None
         self._logger: Any = None  # TensorRT keeps a pointer to it: it must outlive the runtime
         self._runtime: Any = None
         self._engine: Any = None
@@ -403,7 +402,6 @@ class TensorRTBackend(Backend):
                 f"{self.path} changed after the backend was created (sha256 {digest}, sidecar says "
                 f"{self.sidecar.sha256}); {_REBUILD}"
             )
-        self._trt = trt
         try:
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)

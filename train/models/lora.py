@@ -23,8 +23,6 @@ class QVLoRA(nn.Module):
         super().__init__()
         if rank < 1:
             raise ValueError(f"LoRA rank must be >= 1, got {rank}")
-        self.dim = dim
-        self.rank = rank
         self.scale = alpha / rank
         self.q_a = nn.Linear(dim, rank, bias=False)
         self.q_b = nn.Linear(rank, dim, bias=False)

@@ -24,7 +24,6 @@ class SamSpec:
     encoder: dict[str, Any]
     decoder: dict[str, Any]
     default_tile: int = 512
-    checkpoint_tile: int = 1024  # the size the official weights were trained at (pos_embed 64x64)
     default_lora_rank: int = 512  # paper Table 4
 
 
@@ -75,7 +74,6 @@ SAM_SPECS: dict[str, SamSpec] = {
         },
         {"depth": 2, "num_heads": 2, "mlp_dim": 64, "downsample": 2},
         default_tile=64,
-        checkpoint_tile=128,
         default_lora_rank=4,
     ),
 }

@@ -31,7 +31,6 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int, size: int, qkv_bias: bool = True) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.size = size
         head_dim = dim // num_heads
         self.scale = head_dim**-0.5
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
@@ -133,7 +132,6 @@ class ImageEncoderViT(nn.Module):
         if img_size % patch_size:
             raise ValueError(f"tile {img_size} must be a multiple of the patch size {patch_size}")
         grid = img_size // patch_size
-        self.img_size = img_size
         self.grid = grid
         self.patch_embed = PatchEmbed(patch_size, embed_dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
