@@ -31,6 +31,7 @@ def _covered(result: Any, truth: np.ndarray, level: float) -> tuple[np.ndarray, 
 def run_coverage(model: Any, specimens: int = 4, size: int = 2048, fov: int = 512, fovs: int = 10,
                  level: float = 0.95, seed: int = 0, backend: str = "auto") -> dict[str, Any]:
     from phaseedge import Segmenter, synth
+    from phaseedge.metrics import fractions_from_counts
     from phaseedge.result import Result
 
     if not 0 < level < 1 or fov > size or min(specimens, fovs) < 1:
@@ -42,14 +43,14 @@ def run_coverage(model: Any, specimens: int = 4, size: int = 2048, fov: int = 51
         n, names = seg.n_classes, seg.class_names
         for s in range(specimens):
             image, mask = synth.micrograph((size, size), n_phases=n, seed=seed + 1000 * s, dtype=np.uint16)
-            truth = np.bincount(mask.ravel(), minlength=n)[:n] / mask.size
+            truth = fractions_from_counts(np.bincount(mask.ravel(), minlength=n)[:n])
             for _ in range(fovs):
                 y, x = rng.integers(0, size - fov + 1, 2)
                 result = seg.segment(image[y:y + fov, x:x + fov])
                 inside, se, err = _covered(result, truth, level)
                 true_labels = mask[y:y + fov, x:x + fov]
                 counts = np.bincount(true_labels.ravel(), minlength=n)[:n]
-                oracle = Result(labels=true_labels, fractions={c: k / true_labels.size for c, k in zip(names, counts)},
+                oracle = Result(labels=true_labels, fractions=dict(zip(names, fractions_from_counts(counts).tolist())),
                                 class_names=names, counts=counts)
                 t_inside, t_se, _ = _covered(oracle, truth, level)
                 for k, v in zip(stats, (inside, se, err, t_inside, t_se)):

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from phaseedge.metrics import check_n_classes as _check_n
+
 #: ratios below this are raised to it before calibration (a zero would need log 0 = -inf)
 MIN_RATIO = 1e-3
 #: bound on the log-prior shift: a class the model never predicts cannot be forced in
@@ -26,12 +28,6 @@ MAX_SAMPLES = 1 << 20
 AUTO = "auto"
 #: the key of a partial ratio that stands for every class not named
 REST = "rest"
-
-
-def _check_n(n_classes: int) -> int:
-    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < 1:
-        raise ValueError(f"n_classes must be a positive integer, got {n_classes!r}")
-    return int(n_classes)
 
 
 def from_mask(mask: np.ndarray, n_classes: int) -> np.ndarray:

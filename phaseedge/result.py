@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from phaseedge.metrics import fractions_from_counts
+
 #: distinct, colour-blind-friendly-ish colours (Okabe-Ito first), RGB
 PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178),
@@ -134,9 +136,8 @@ class Result:
             raise ValueError("the region of interest excludes every pixel")
         labels = np.where(roi, self.labels, np.uint8(EXCLUDED)).astype(np.uint8)
         counts = np.bincount(self.labels[roi].ravel(), minlength=len(self.class_names))[: len(self.class_names)]
-        total = int(counts.sum())
         return replace(self, labels=labels, counts=counts.astype(np.int64),
-                       fractions={c: int(k) / total for c, k in zip(self.class_names, counts)})
+                       fractions=dict(zip(self.class_names, fractions_from_counts(counts).tolist())))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-able summary (no arrays): what the CLI writes and adapters attach."""

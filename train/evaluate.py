@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from phaseedge import ratio as ratio_ops
 from phaseedge.io import Frame
-from phaseedge.metrics import ConfusionMatrix
+from phaseedge.metrics import ConfusionMatrix, fractions_from_counts
 from phaseedge.segmenter import Segmenter
 from phaseedge.strategies import RATIO_MODES
 
@@ -177,7 +177,7 @@ def evaluate(
                 given = c and r is not None  # calibration to no ratio changes nothing
                 labels = calibrating.segment(as_frame(it), ratio=r).labels if given else raw
                 cms[(a, c)].update(labels, it.mask)
-                pred = np.bincount(labels.ravel(), minlength=n)[:n] / labels.size
+                pred = fractions_from_counts(np.bincount(labels.ravel(), minlength=n)[:n])
                 errors[(a, c)].append(float(np.mean(np.abs(pred - truth))))
     bar.close()
     calibrating.close()
