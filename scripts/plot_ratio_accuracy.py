@@ -16,13 +16,17 @@ import json
 
 from phaseedge.bench.plots import dice_vs_alpha
 
+#: expert-free ratios of an eval sweep: drawn as horizontal lines, not on the α axis
+EXPERT_FREE = ("auto", "em", "iter2")
+
 
 def _curve(results: list[dict], calibrate: bool, group: str | None = None) -> dict[str, float]:
     """{α label: Dice in %} for one calibration setting of an eval sweep (macro, or a group's)."""
     def score(r: dict) -> float:
         return r["group_dice"][group] if group else r["macro_dice"]
 
-    return {str(r["ratio_accuracy"]): 100.0 * score(r) for r in results if r["calibrate"] == calibrate}
+    return {str(r["ratio_accuracy"]): 100.0 * score(r) for r in results
+            if r["calibrate"] == calibrate and r["ratio_accuracy"] not in EXPERT_FREE}
 
 
 def main() -> None:
@@ -49,8 +53,13 @@ def main() -> None:
         with open(path) as f:
             curves[label] = _curve(json.load(f), False, args.group)
     baseline = _curve(base, False, args.group)["none"]
+    flat = {"U-Net baseline (no ratio)": baseline}
+    auto = [r for r in plm if r["ratio_accuracy"] == "auto" and not r["calibrate"]]
+    if auto:  # the expert-free ratio (issue: where does an expert beat it?)
+        flat["U-Net + PLM, ratio auto (no expert)"] = 100.0 * (auto[0]["group_dice"][args.group] if args.group
+                                                               else auto[0]["macro_dice"])
     ylabel = f"{args.group} Dice (%)" if args.group else "macro Dice (%)"
-    out = dice_vs_alpha(curves, {"U-Net baseline (no ratio)": baseline}, args.out, title=args.title, ylabel=ylabel)
+    out = dice_vs_alpha(curves, flat, args.out, title=args.title, ylabel=ylabel)
     print(f"wrote {out}")
 
 

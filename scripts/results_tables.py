@@ -4,7 +4,8 @@ number is copied by hand.
 usage: python scripts/results_tables.py LABEL=EVAL.json [LABEL=EVAL.json ...] [--forest FOREST.json]
 
 Per model: main-3 / macro-4 / macro-5 pooled Dice, mIoU, fraction MAE at each ratio accuracy,
-raw and calibrated; then per-class pooled Dice at alpha = 0.9 (raw).
+raw and calibrated (the runtime's calibrate mode), the expert-free estimates where the sweep
+has them; then per-class pooled Dice at alpha = 0.9 (raw).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from __future__ import annotations
 import argparse
 import json
 
-ORDER = ["none", 0.5, 0.662, 0.9, "exact"]
+#: expert ratios (none = unknown), then the expert-free estimates (eval --ratio-accuracy auto,em,iter2)
+ORDER = ["none", 0.5, 0.662, 0.9, "exact", "auto", "em", "iter2"]
 
 
 def pct(x: float | None) -> str:
