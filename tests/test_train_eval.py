@@ -83,6 +83,9 @@ def test_calibrated_scores_are_the_segmenters_calibrate_mode():
     with open_segmenter(model) as seg:
         (raw, cal) = evaluate(seg, [item], ["exact"], (False, True))
         with Segmenter(seg.backend, ratio_mode="calibrate") as runtime:
+            before = model.calls_with_ratio
+            runtime.segment(item.image, ratio=[0.5, 0.25, 0.25])
+            assert model.calls_with_ratio > before  # the PLM gets the ratio in calibrate mode too, as in eval
             cm = ConfusionMatrix(3, ["a", "b", "c"])
             cm.update(runtime.segment(item.image, ratio=simulated_ratio(item.fractions(3), "exact")).labels,
                       item.mask)
