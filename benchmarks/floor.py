@@ -88,11 +88,12 @@ def _cuda_peak(n: int, repeats: int) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ ONNX count
-def onnx_flops(path: str | Path) -> dict[str, Any]:
+def onnx_flops(path: str | Path, tile: int | None = None) -> dict[str, Any]:
     """FLOPs of one tile (batch 1) of an exported graph, from its node shapes.
 
-    The batch dimension is fixed to 1 and ONNX shape inference fills in every
-    intermediate shape; weights are not loaded (external data stays on disk).
+    The batch dimension is fixed to 1, a graph that takes any tile size gets ``tile`` x ``tile``
+    (required for one), and ONNX shape inference fills in every intermediate shape; weights are
+    not loaded (external data stays on disk).
     Counted: Conv, ConvTranspose, MatMul, Gemm, Einsum — the multiply-adds.
     Element-wise ops, norms and softmax are left out (as FlopCounterMode does) and
     listed under ``uncounted_ops`` so the reader sees what was skipped.
@@ -104,6 +105,11 @@ def onnx_flops(path: str | Path) -> dict[str, Any]:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
             dims[0].dim_value = 1
+        for d in list(dims)[2:]:
+            if not d.HasField("dim_value"):
+                if tile is None:
+                    raise ValueError(f"{Path(path).name} takes any tile size: give the tile side to count")
+                d.dim_value = tile
     model = _infer_shapes(model)
     shapes: dict[str, tuple[int, ...] | None] = {}
     for value in [*model.graph.input, *model.graph.value_info, *model.graph.output]:
@@ -310,19 +316,24 @@ def floor_report(flops_per_tile: int, n_tiles: int, frame_hw: tuple[int, int],
     return out
 
 
-def measure(spec, frame_hw: tuple[int, int], overlap: float, device: str, torch_module=None) -> dict[str, Any]:
-    """Everything the floor needs for one model and frame: FLOP count, tile count, peak, floor."""
+def measure(spec, frame_hw: tuple[int, int], overlap: float | None, device: str, torch_module=None,
+            tile: int | None = None, halo: int | None = None) -> dict[str, Any]:
+    """Everything the floor needs for one model and frame: FLOP count, tile count, peak, floor.
+
+    The tiles are the ones the Segmenter would use (`phaseedge.tiling.plan` with the same
+    ``tile`` / ``overlap`` / ``halo``; None: the model's default), counted at their own size."""
     from phaseedge.bench.models import flops_per_tile
 
-    from phaseedge.tiling import TileGrid
+    from phaseedge.tiling import plan
 
-    count = flops_per_tile(spec, torch_module)
-    grid = TileGrid.for_frame(frame_hw[0], frame_hw[1], spec.tile, overlap)
+    grid, blend = plan(frame_hw[0], frame_hw[1], spec.allowed_tiles(), spec.halo, tile, overlap, halo)
+    count = flops_per_tile(spec, torch_module, grid.tile)
     peak = matmul_peak(device)
     precision = "fp16" if spec.precision == "fp16" and "fp16" in peak.get("flops_per_s", {}) else "fp32"
     peak_value = peak.get("flops_per_s", {}).get(precision)
     out = floor_report(count["flops"], grid.n_tiles, frame_hw, peak_value)
-    out.update({"overlap": overlap, "overlap_factor": grid.n_tiles * spec.tile**2 / (frame_hw[0] * frame_hw[1]),
+    out.update({"tile": grid.tile, "overlap": grid.overlap, "blend": blend,
+                "overlap_factor": grid.n_tiles * grid.tile**2 / (frame_hw[0] * frame_hw[1]),
                 "count": count, "peak": peak, "peak_precision": precision})
     return out
 
@@ -346,7 +357,10 @@ def add_parser(subparsers) -> None:
                     "matrix-multiply probe. The result is the time no pipeline can beat on this device.")
     p.add_argument("--model", default="default", help="'default', a .onnx/.engine (with sidecar) or a checkpoint dir")
     p.add_argument("--frame", type=parse_frame, default=(3072, 4096), metavar="WxH", help="frame size (default 4096x3072)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="tile overlap in [0, 1) (default: the Segmenter's, 2 x halo or 0.25)")
+    p.add_argument("--tile", type=int, default=None, help="tile side (default: the one the Segmenter picks)")
+    p.add_argument("--halo", type=int, default=None, help="halo in pixels (default: the model's measured one)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="device to probe (default cpu)")
     p.add_argument("--cross-check", action="store_true",
                    help="also count with FlopCounterMode and the per-layer hand count on the PyTorch architecture "
@@ -363,15 +377,15 @@ def run(args) -> int:
     from phaseedge.bench.stats import format_table
 
     spec = resolve(args.model)
-    result = measure(spec, args.frame, args.overlap, args.device)
+    result = measure(spec, args.frame, args.overlap, args.device, tile=args.tile, halo=args.halo)
     result["model"] = spec.describe()
     if args.cross_check:
         from phaseedge.bench.models import torch_model
 
         module, origin = torch_model(spec, args.torch_model)
         result["cross_check"] = {"torch_model": origin,
-                                 "flop_counter": torch_flops(module, spec.tile, spec.n_classes)["flops"],
-                                 "hand_count": layer_flops(module, spec.tile, spec.n_classes)["flops"]}
+                                 "flop_counter": torch_flops(module, result["tile"], spec.n_classes)["flops"],
+                                 "hand_count": layer_flops(module, result["tile"], spec.n_classes)["flops"]}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -381,8 +395,9 @@ def run(args) -> int:
     h, w = args.frame
     rows = [
         ["FLOPs per tile", f"{si(result['flops_per_tile'])} ({result['count']['method']})"],
-        ["tiles per frame", (f"{result['tiles_per_frame']} ({w}x{h}, tile {spec.tile}, overlap {args.overlap}: "
-                            f"{result['overlap_factor']:.2f}x the frame's pixels)")],
+        ["tiles per frame", (f"{result['tiles_per_frame']} ({w}x{h}, tile {result['tile']}, overlap "
+                            f"{result['overlap']:.4g}, {result['blend']} blend: {result['overlap_factor']:.3f}x the "
+                            "frame's pixels)")],
         ["GFLOP per frame", f"{result['gflops_per_frame']:.2f}"],
         ["GFLOP per megapixel", f"{result['gflops_per_megapixel']:.2f}"],
         ["peak", peak_text],

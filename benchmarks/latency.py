@@ -11,6 +11,11 @@ fp32 baseline.
 Variants (``--backend all`` tries each; a missing one is skipped with the reason):
 PyTorch eager fp32 (the baseline), ONNX Runtime on the CPU, CUDA and TensorRT
 execution providers, and a TensorRT engine (``--engine`` or ``--model X.engine``).
+``--backend tiling`` compares tilings instead, on ONNX Runtime's CPU provider: the
+training tile with overlap 0.25 and Gaussian blending (the tiling before big tiles: the
+baseline), the Segmenter's default (big tiles, halo overlap), and that with an INT8 graph
+(``--int8``). Every variant reports the tiles it actually used and its floor at them;
+``--dice`` adds macro Dice on an unseen synthetic frame (DICE_SEED) for each.
 """
 
 from __future__ import annotations
@@ -32,9 +37,13 @@ from phaseedge.bench.stats import format_table, median_stages_ms, summarize_ms
 
 log = logging.getLogger(__name__)
 
-BACKEND_CHOICES = ("auto", "onnxruntime", "torch", "tensorrt", "all")
+BACKEND_CHOICES = ("auto", "onnxruntime", "torch", "tensorrt", "all", "tiling")
 #: keys of the variants ``--backend all`` tries, baseline first
 ALL_VARIANTS = ("torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
+#: keys of ``--backend tiling``, baseline first
+TILING_VARIANTS = ("ort-train-tile", "ort-big", "ort-big-int8")
+#: the frame ``--dice`` scores each variant on: the bundled model's held-out seed (docs/results.md)
+DICE_SEED = 31337
 #: Segmenter stages that are model work (everything else is the pipeline around it)
 MODEL_STAGES = ("infer",)
 _SYNTH_FRAMES = 2  # distinct synthetic frames, cycled (generating one 4096x3072 frame takes seconds)
@@ -50,12 +59,16 @@ class Variant:
     skip: str | None = None
     gpu: bool = False
     note: str = ""
+    tiling: dict[str, Any] | None = None  # Segmenter tile/overlap/halo/blend (None: the command's)
 
 
 # ------------------------------------------------------------------ variants
 def plan_variants(which: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None,
-                  device: int = 0, threads: int | None = None, graph_flops: int | None = None) -> list[Variant]:
+                  device: int = 0, threads: int | None = None, graph_flops: int | None = None,
+                  int8: Path | None = None) -> list[Variant]:
     """The variants ``--backend which`` asks for, each buildable or carrying its skip reason."""
+    if which == "tiling":
+        return _tiling_variants(spec, int8, threads)
     if which == "all":
         keys = ALL_VARIANTS
     elif which == "auto":
@@ -122,6 +135,28 @@ def _variant(key: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | 
     raise ValueError(f"unknown variant {key!r}")
 
 
+def _tiling_variants(spec: ModelSpec, int8: Path | None, threads: int | None) -> list[Variant]:
+    """Today's tiling (training tile, overlap 0.25, Gaussian), big tiles, big tiles + INT8, on the CPU."""
+    cpu = {"providers": ["CPUExecutionProvider"], **({"threads": threads} if threads else {})}
+    out = []
+    for key, label, path, tiling in (
+            ("ort-train-tile", f"tile {spec.tile}, overlap 0.25, gaussian (baseline)", spec.path,
+             {"overlap": 0.25, "blend": "gaussian"}),
+            ("ort-big", "big tiles (default)", spec.path, {}),
+            ("ort-big-int8", "big tiles + INT8", int8, {})):
+        v = Variant(key, label, tiling=tiling)
+        if spec.kind != "onnx":
+            v.skip = f"--model is a {spec.kind}, not an ONNX graph"
+        elif path is None:
+            v.skip = "no INT8 graph given (--int8 FILE; make one with phaseedge-export int8)"
+        elif key != "ort-train-tile" and spec.tile_sizes is None:
+            v.skip = f"{spec.path.name} takes only {spec.tile}-pixel tiles"
+        else:
+            v.make = lambda p=path: _ort_backend(p, 0, cpu, False)
+        out.append(v)
+    return out
+
+
 def _ort_backend(path: Path, device: int, options: dict, require_gpu: bool):
     from phaseedge.backends import get_backend
 
@@ -182,9 +217,11 @@ def _read(path: Path) -> np.ndarray:
 
 # ------------------------------------------------------------------ one variant
 def time_variant(variant: Variant, frames: list, paths: list[Path] | None, runs: int, warmup: int,
-                 batch: int | None, overlap: float, ratio_mode: str, device: int) -> dict[str, Any]:
-    """Build the backend, warm up, then time ``runs`` frames; returns the variant's record."""
-    from phaseedge import Segmenter
+                 batch: int | None, tiling: dict[str, Any], ratio_mode: str, device: int,
+                 dice_frame: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """Build the backend, warm up, then time ``runs`` frames; returns the variant's record, with
+    the tiles it used and, given ``dice_frame`` (image, mask), macro Dice on that frame."""
+    from phaseedge import Segmenter, metrics
 
     record: dict[str, Any] = {"variant": variant.key, "name": variant.label}
     if variant.skip:
@@ -202,8 +239,13 @@ def time_variant(variant: Variant, frames: list, paths: list[Path] | None, runs:
         record.update({k: v for k, v in backend.describe().items() if k in ("backend", "device", "precision")})
         if variant.note:
             record["weights"] = variant.note
-        seg = Segmenter(backend, overlap=overlap, batch_size=batch, ratio_mode=ratio_mode)
+        seg = Segmenter(backend, batch_size=batch, ratio_mode=ratio_mode, **(variant.tiling or tiling))
         try:
+            h, w = _frame(frames, paths, 0)[0].shape
+            grid, blend = seg.tiling_for(h, w)
+            passes = 2 if ratio_mode == "local" else 1  # local mode runs a ratio-free survey pass first
+            record.update(tile=grid.tile, blend=blend, tiles_per_frame=grid.n_tiles * passes,
+                          overlap_factor=grid.n_tiles * passes * grid.tile**2 / (h * w))
             for i in range(warmup):
                 image, r = _frame(frames, paths, i)
                 seg.segment(image, ratio=r)
@@ -220,6 +262,12 @@ def time_variant(variant: Variant, frames: list, paths: list[Path] | None, runs:
                     frame_stages["read"] = read_s
                 stages.append(frame_stages)
             record["peak_host_mb"] = system.peak_host_mb()
+            if dice_frame is not None:
+                image, mask = dice_frame
+                labels = seg.segment(image).labels
+                n = seg.n_classes
+                record["dice"] = {"seed": DICE_SEED, "macro_dice": metrics.macro_dice(labels, mask, n),
+                                  "fraction_error": metrics.fraction_error(labels, mask, n)}
         except (RuntimeError, MemoryError, OSError) as e:  # one failing variant must not end the comparison
             return {**record, "skipped": f"failed while running: {type(e).__name__}: {e}"}
         finally:
@@ -248,7 +296,7 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
     """Everything ``phaseedge-bench latency`` measures, as one JSON-able dict."""
     from phaseedge.bench import floor
 
-    from phaseedge.tiling import TileGrid
+    from phaseedge import synth
 
     spec = resolve(args.model)
     paths = [Path(p) for p in args.images] if args.images else None
@@ -262,15 +310,23 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         frame_hw = args.frame
         frames = synthetic_frames(frame_hw, spec.n_classes, min(_SYNTH_FRAMES, args.runs + args.warmup))
 
-    grid = TileGrid.for_frame(frame_hw[0], frame_hw[1], spec.tile, args.overlap)
-    passes = 2 if args.ratio_mode == "local" else 1  # local mode runs a ratio-free survey pass first
-    try:
-        count = flops_per_tile(spec)
-    except (ImportError, FileNotFoundError, ValueError) as e:
-        count = {"flops": None, "unavailable": str(e)}
+    tiling = {k: getattr(args, k) for k in ("tile", "overlap", "halo") if getattr(args, k) is not None}
+    counts: dict[int, dict] = {}
+
+    def count_at(tile: int) -> dict:
+        if tile not in counts:
+            try:
+                counts[tile] = flops_per_tile(spec, tile=tile)
+            except (ImportError, FileNotFoundError, ValueError) as e:
+                counts[tile] = {"flops": None, "unavailable": str(e)}
+        return counts[tile]
+
+    count = count_at(spec.tile)
     graph_flops = count["flops"] if spec.kind != "checkpoint" else None
     variants = plan_variants(args.backend, spec, args.engine, args.torch_model, args.device, args.threads,
-                             graph_flops)
+                             graph_flops, args.int8)
+    dice_frame = (synth.micrograph(frame_hw, n_phases=min(spec.n_classes, len(synth.PHASE_NAMES)), seed=DICE_SEED)
+                  if args.dice else None)
     peaks: dict[str, dict] = {}
 
     report: dict[str, Any] = {
@@ -281,26 +337,27 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         "model": spec.describe(),
         "frame": {"height": frame_hw[0], "width": frame_hw[1], "megapixels": frame_hw[0] * frame_hw[1] / 1e6,
                   "source": "images" if paths else "phaseedge.synth (uint16)"},
-        "runs": args.runs, "warmup": args.warmup, "batch": args.batch, "overlap": args.overlap,
+        "runs": args.runs, "warmup": args.warmup, "batch": args.batch, "tiling": tiling,
         "threads": args.threads,
-        "ratio_mode": args.ratio_mode, "tiles_per_frame": grid.n_tiles * passes,
-        "overlap_factor": grid.n_tiles * passes * spec.tile**2 / (frame_hw[0] * frame_hw[1]),
+        "ratio_mode": args.ratio_mode,
         "flops_per_tile": count,
         "variants": [],
     }
     mp = frame_hw[0] * frame_hw[1] / 1e6
     for variant in variants:
-        rec = time_variant(variant, frames, paths, args.runs, args.warmup, args.batch, args.overlap,
-                           args.ratio_mode, args.device)
+        rec = time_variant(variant, frames, paths, args.runs, args.warmup, args.batch, tiling,
+                           args.ratio_mode, args.device, dice_frame)
         if "skipped" not in rec:
             rec["megapixels_per_s"] = mp / (rec["p50_ms"] / 1e3)
-            if count.get("flops") is not None:
+            tile_count = count_at(rec["tile"])  # FLOPs of the tiles this variant used, times how many
+            rec["flops_per_tile"] = tile_count.get("flops")
+            if tile_count.get("flops") is not None:
                 dev = "cuda" if variant.gpu else "cpu"
                 if dev not in peaks:
                     peaks[dev] = floor.matmul_peak(dev)
                 peak = peaks[dev].get("flops_per_s", {})
                 value = peak.get("fp16") if rec.get("precision") == "fp16" and "fp16" in peak else peak.get("fp32")
-                fl = floor.floor_report(count["flops"], grid.n_tiles * passes, frame_hw, value)
+                fl = floor.floor_report(tile_count["flops"], rec["tiles_per_frame"], frame_hw, value)
                 rec["floor_ms"] = fl["floor_ms"]
                 rec["gflops_per_megapixel"] = fl["gflops_per_megapixel"]
                 if fl["floor_ms"]:
@@ -309,14 +366,15 @@ def run_latency(args: argparse.Namespace) -> dict[str, Any]:
         log.info("%s: %s", variant.label, rec.get("skipped") or f"p50 {rec['p50_ms']:.1f} ms")
     report["peaks"] = peaks
     ran = [r for r in report["variants"] if "skipped" not in r]
-    baseline = next((r for r in ran if r["variant"] == "torch"), None)
+    baseline = next((r for r in ran if r["variant"] in ("torch", TILING_VARIANTS[0])), None)
     for r in ran:
         r["speedup_vs_baseline"] = baseline["p50_ms"] / r["p50_ms"] if baseline else None
     if ran:  # the headline keys: the fastest variant that ran
         best = min(ran, key=lambda r: r["p50_ms"])
         report["primary"] = best["variant"]
         for key in ("p50_ms", "p90_ms", "p99_ms", "megapixels_per_s", "pipeline_efficiency", "peak_host_mb",
-                    "peak_gpu_mb", "stages", "backend", "device", "precision", "floor_ms"):
+                    "peak_gpu_mb", "stages", "backend", "device", "precision", "floor_ms", "tile", "tiles_per_frame",
+                    "overlap_factor"):
             report[key] = best.get(key)
     return report
 
@@ -327,8 +385,7 @@ def print_report(report: dict[str, Any]) -> None:
     m = report["model"]
     print(f"model {m['path']} ({m['architecture']}, plm={m['plm']}, tile {m['tile']}, {m['precision']}); "
           f"frame {f['width']}x{f['height']} ({f['megapixels']:.1f} MP, {f['source']}); "
-          f"{report['tiles_per_frame']} tiles/frame at overlap {report['overlap']} "
-          f"({report['overlap_factor']:.2f}x the frame's pixels), ratio mode {report['ratio_mode']}")
+          f"tiling {report['tiling'] or 'the Segmenter default'}, ratio mode {report['ratio_mode']}")
     print(f"machine: {report['machine']['cpu']} (load {report['machine'].get('load_avg_1m', '?')}); {report['date']}; "
           f"runs {report['runs']} after {report['warmup']} warm-up")
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()))
@@ -337,12 +394,14 @@ def print_report(report: dict[str, Any]) -> None:
         from phaseedge.bench.floor import si
 
         print(f"FLOPs per tile: {si(count['flops'])} ({count['method']})")
-    rows = [[r["name"], r.get("device"), r.get("precision"), r["p50_ms"], r["p90_ms"], r["p99_ms"], r["megapixels_per_s"],
+    rows = [[r["name"], r.get("device"), r.get("precision"), f"{r['tile']} x {r['tiles_per_frame']}",
+             r["overlap_factor"], r["p50_ms"], r["p90_ms"], r["p99_ms"], r["megapixels_per_s"],
              r.get("floor_ms"), r["pipeline_efficiency"], r.get("speedup_vs_baseline"), r["peak_host_mb"],
-             r.get("peak_gpu_mb")] for r in report["variants"] if "skipped" not in r]
+             r.get("peak_gpu_mb"), r.get("dice", {}).get("macro_dice")] for r in report["variants"] if "skipped" not in r]
     if rows:
-        print(format_table(rows, ["variant", "device", "precision", "p50 ms", "p90 ms", "p99 ms", "MP/s", "floor ms",
-                                  "efficiency", "x baseline", "host MB", "GPU MB"]))
+        print(format_table(rows, ["variant", "device", "precision", "tiles", "x pixels", "p50 ms", "p90 ms", "p99 ms",
+                                  "MP/s", "floor ms", "efficiency", "x baseline", "host MB", "GPU MB",
+                                  f"Dice (seed {DICE_SEED})"]))
     for r in report["variants"]:
         if "skipped" in r:
             print(f"skipped {r['name']}: {r['skipped']}")
@@ -381,7 +440,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--batch", type=int, default=None, help="tiles per backend call (default: the model's maximum)")
     p.add_argument("--runs", type=int, default=10, help="timed frames (default 10)")
     p.add_argument("--warmup", type=int, default=2, help="untimed frames first (default 2)")
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="tile overlap in [0, 1) (default: the Segmenter's, 2 x the model's halo or 0.25)")
+    p.add_argument("--tile", type=int, default=None, help="tile side (default: the one the Segmenter picks)")
+    p.add_argument("--halo", type=int, default=None, help="halo in pixels (default: the model's measured one)")
+    p.add_argument("--int8", type=Path, default=None, help="INT8 graph of the model (--backend tiling)")
+    p.add_argument("--dice", action="store_true",
+                   help=f"also score each variant on an unseen synthetic frame (seed {DICE_SEED}) of the frame size")
     p.add_argument("--ratio-mode", choices=("global", "local", "calibrate", "none"), default="global",
                    help="how the (synthetic frames' true) ratio is used (default global)")
     p.add_argument("--threads", type=int, default=None,

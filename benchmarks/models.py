@@ -32,6 +32,11 @@ class ModelSpec:
     precision: str
     arch_kwargs: dict[str, Any] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)  # the sidecar's provenance (e.g. its checkpoint)
+    tile_sizes: range | None = None  # a graph that takes any of these tile sides (None: ``tile`` only)
+    halo: int | None = None  # its measured halo (phaseedge.export.halo)
+
+    def allowed_tiles(self) -> range:
+        return self.tile_sizes or range(self.tile, self.tile + 1)
 
     def describe(self) -> dict[str, Any]:
         return {"path": str(self.path), "kind": self.kind, "architecture": self.architecture, "plm": self.plm,
@@ -53,7 +58,7 @@ def resolve(model: str | Path) -> ModelSpec:
     return ModelSpec(path=path, kind=sc.kind, architecture=sc.architecture, plm=bool(sc.plm),
                      n_classes=int(sc.n_classes), class_names=tuple(sc.class_names), tile=int(sc.tile),
                      precision=sc.precision, arch_kwargs=dict(sc.source.get("arch_kwargs", {})),
-                     source=dict(sc.source))
+                     source=dict(sc.source), tile_sizes=sc.tile_sizes() if sc.tile_multiple else None, halo=sc.halo)
 
 
 def _from_checkpoint(path: Path) -> ModelSpec:
@@ -103,25 +108,27 @@ def torch_model(spec: ModelSpec, checkpoint: str | Path | None = None, expect_fl
     return model, f"{spec.architecture} with random weights (speed only)"
 
 
-def flops_per_tile(spec: ModelSpec, torch_module=None) -> dict[str, Any]:
-    """FLOPs of one tile: counted on the ONNX graph when there is one, else with FlopCounterMode.
+def flops_per_tile(spec: ModelSpec, torch_module=None, tile: int | None = None) -> dict[str, Any]:
+    """FLOPs of one tile (side ``tile``, default the model's): counted on the ONNX graph when there
+    is one, else with FlopCounterMode.
 
     A TensorRT engine cannot be inspected for FLOPs; its sidecar names the ONNX graph
     it was built from (``source.onnx``) when that file is still beside it.
     """
     from phaseedge.bench import floor
 
+    tile = tile or spec.tile
     if spec.kind == "onnx":
-        return floor.onnx_flops(spec.path)
+        return floor.onnx_flops(spec.path, tile)
     if spec.kind == "engine":
         sc = _sidecar.read(spec.path)
         onnx_name = sc.source.get("onnx")
         candidate = spec.path.parent / Path(str(onnx_name)).name if onnx_name else None
         if candidate is None or not candidate.is_file():
             raise FileNotFoundError(f"cannot count FLOPs of engine {spec.path}: its ONNX graph is not beside it")
-        return floor.onnx_flops(candidate)
+        return floor.onnx_flops(candidate, tile)
     module = torch_module if torch_module is not None else torch_model(spec)[0]
-    return floor.torch_flops(module, spec.tile, spec.n_classes)
+    return floor.torch_flops(module, tile, spec.n_classes)
 
 
 def parse_frame(text: str) -> tuple[int, int]:

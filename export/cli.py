@@ -1,8 +1,10 @@
 """``phaseedge-export``: checkpoint -> ONNX -> fp16 ONNX -> TensorRT engine, each verified.
 
-    phaseedge-export onnx CKPT_DIR -o model.onnx [--batch 1:4:8] [--opset 18]
+    phaseedge-export onnx CKPT_DIR -o model.onnx [--batch 1:4:8] [--opset 18] [--max-tile 2048]
+    phaseedge-export dynamic fixed.onnx -o model.onnx [--max-tile 2048] [--coords border|stretch]
+    phaseedge-export halo model.onnx
     phaseedge-export fp16 model.onnx -o model.fp16.onnx
-    phaseedge-export trt model.fp16.onnx -o model.engine --batch 1:4:8 [--target tensorrt|rtx]
+    phaseedge-export trt model.fp16.onnx -o model.engine --batch 1:4:8 [--target tensorrt|rtx] [--tiles 128:1072:2048]
     phaseedge-export check model.onnx [--fp16 model.fp16.onnx] [--engine model.engine]
     phaseedge-export triton MODEL [MODEL ...] --repo DIR [--name NAME] [--cpu] [--max-batch-size N]
 
@@ -28,6 +30,14 @@ def _batch(text: str) -> tuple[int, int, int]:
         return parse_batch(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _tiles(text: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(p) for p in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"tiles must be MIN:OPT:MAX integers, got {text!r}") from None
+    return lo, opt, hi
 
 
 def _positive_float(text: str) -> float:
@@ -62,11 +72,33 @@ def cmd_onnx(args: argparse.Namespace) -> int:
           f"tile {info.tile}) in {time.perf_counter() - t0:.1f}s; exporting...", flush=True)
     result = onnx_export.export_model(
         model, info, args.output, batch=args.batch, opset=args.opset, verify_batches=args.verify_batch,
-        atol=args.atol, source={"checkpoint": str(Path(args.checkpoint).resolve())},
+        atol=args.atol, source={"checkpoint": str(Path(args.checkpoint).resolve())}, max_tile=args.max_tile,
     )
     ops = result.op_counts
     print(f"wrote {result.path} ({_size(result.path)}, {sum(ops.values())} nodes, "
           f"{ops.get('LayerNormalization', 0)} LayerNormalization) in {result.seconds:.1f}s + sidecar")
+    return 0
+
+
+def cmd_dynamic(args: argparse.Namespace) -> int:
+    from phaseedge.export import dynamic, halo
+
+    sc = dynamic.convert(args.model, args.output, coords=args.coords, max_tile=args.max_tile)
+    if not args.no_halo:
+        halo.record(args.output)
+    print(f"wrote {args.output}: tiles {sc.tile}..{sc.max_tile} in steps of {sc.tile_multiple} + sidecar")
+    return 0
+
+
+def cmd_halo(args: argparse.Namespace) -> int:
+    from phaseedge.export import halo
+
+    profile = halo.record(args.model, threads=args.threads)
+    print("distance px  mean |dprobs|  argmax changed")
+    for d in range(0, len(profile.mean_abs), 4 if len(profile.mean_abs) > 32 else 1):
+        print(f"{d:>11}  {profile.mean_abs[d]:>13.5f}  {profile.flips[d]:>14.4%}")
+    print(f"shift floor: {profile.floor_mean_abs:.5f} / {profile.floor_flips:.4%}; halo {profile.halo} px "
+          f"written to {Path(args.model).name}'s sidecar")
     return 0
 
 
@@ -87,7 +119,7 @@ def cmd_trt(args: argparse.Namespace) -> int:
     result = trt.build_engine(
         args.model, args.output, batch=args.batch, target=args.target, workspace_mb=args.workspace,
         timing_cache=args.timing_cache, version_compatible=args.version_compatible,
-        hardware_compatible=args.hardware_compatible, verbose=args.verbose,
+        hardware_compatible=args.hardware_compatible, verbose=args.verbose, tiles=args.tiles,
     )
     eng = result.sidecar.engine
     where = eng.gpu_name if eng.compute_capability is None else f"{eng.gpu_name} (sm {eng.compute_capability})"
@@ -142,7 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="batch sizes compared with PyTorch (default 1,3)")
     o.add_argument("--atol", type=_positive_float, default=2e-3, help="max |dprobs| vs PyTorch (default 2e-3)")
     o.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    o.add_argument("--max-tile", type=_positive_int, default=2048,
+                   help="fully convolutional models: largest tile side the graph takes (default 2048)")
     o.set_defaults(func=cmd_onnx)
+
+    d = sub.add_parser("dynamic", help="a fixed-tile U-Net graph whose checkpoint is gone -> any tile size")
+    d.add_argument("model", help="fixed-tile .onnx with its sidecar (e.g. an older bundled model)")
+    d.add_argument("-o", "--output", required=True, help="output .onnx path")
+    d.add_argument("--max-tile", type=_positive_int, default=2048, help="largest tile side (default 2048)")
+    d.add_argument("--coords", choices=("border", "stretch"), default="border",
+                   help="CoordConv coordinates on other tile sizes: border (tile-size independent, default) or "
+                        "stretch (linspace across the tile, the old convention, for comparison)")
+    d.add_argument("--no-halo", action="store_true", help="do not measure the halo into the sidecar")
+    d.set_defaults(func=cmd_dynamic)
+
+    h = sub.add_parser("halo", help="measure how far from a tile border predictions change; record it in the sidecar")
+    h.add_argument("model", help=".onnx that takes any tile size, with its sidecar")
+    h.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)")
+    h.set_defaults(func=cmd_halo)
 
     f = sub.add_parser("fp16", help="convert an fp32 graph to fp16 (LayerNorm/Softmax/reductions kept fp32)")
     f.add_argument("model", help="fp32 .onnx from 'phaseedge-export onnx'")
@@ -156,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("model", help=".onnx with its sidecar (fp16 graph for an fp16 engine)")
     t.add_argument("-o", "--output", required=True, help="output .engine path")
     t.add_argument("--batch", type=_batch, required=True, help="MIN:OPT:MAX optimisation profile, e.g. 1:4:8")
+    t.add_argument("--tiles", type=_tiles, default=None, metavar="MIN:OPT:MAX",
+                   help="tile sides the profile covers, for a graph that takes any size (default: training tile, "
+                        "training tile, largest)")
     t.add_argument("--target", choices=TARGETS, default="tensorrt",
                    help="tensorrt (needs a GPU to build) or rtx (TensorRT for RTX; builds without a GPU)")
     t.add_argument("--workspace", type=int, default=None, metavar="MB", help="builder workspace limit in MB")

@@ -3,7 +3,9 @@
 The graph takes the normalised tile as float16 (half the bytes of float32 on the
 host-to-device copy), casts it to float32 for the model, applies the softmax in the
 graph and returns float16 probabilities; ``ratio`` stays float32. The batch is
-dynamic, the tile fixed (TensorRT tunes kernels for one spatial size).
+dynamic; so are height and width for fully convolutional models (U-Nets: any multiple of
+2**depth from the training tile to DEFAULT_MAX_TILE, recorded in the sidecar with the halo
+measured by `phaseedge.export.halo`), SAM keeps its fixed tile.
 
 We use the dynamo exporter (``torch.onnx.export(dynamo=True)``), the default since
 PyTorch 2.9: it captures the model with ``torch.export`` (no tracing, so no
@@ -26,7 +28,9 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
+from phaseedge.export import halo as halo_mod
 from phaseedge.export.check import ort_session, random_inputs
+from phaseedge.export.dynamic import DEFAULT_MAX_TILE
 from torch import nn
 
 from phaseedge import __version__, names
@@ -128,11 +132,13 @@ def model_info(model: nn.Module, class_names: tuple[str, ...]) -> ModelInfo:
 
 def compare_with_torch(
     path: str | Path, wrapper: nn.Module, tile: int, n_classes: int, batches: tuple[int, ...] = (1, 3),
+    tiles: tuple[int, ...] = (),
 ) -> ParityReport:
+    """ONNX Runtime vs PyTorch on random tiles of side ``tile`` (and one each of ``tiles``)."""
     sess = ort_session(path)
     worst, agree, total = 0.0, 0, 0
-    for i, b in enumerate(batches):
-        image, ratio = random_inputs(b, tile, n_classes, seed=i)
+    for i, (b, t) in enumerate([(b, tile) for b in batches] + [(1, t) for t in tiles]):
+        image, ratio = random_inputs(b, t, n_classes, seed=i)
         (got,) = sess.run([names.PROBS], {names.IMAGE: image, names.RATIO: ratio})
         with torch.inference_mode():
             ref = wrapper(torch.from_numpy(image), torch.from_numpy(ratio)).numpy()
@@ -155,9 +161,12 @@ def export_model(
     atol: float = DEFAULT_ATOL,
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     source: dict[str, Any] | None = None,
+    max_tile: int = DEFAULT_MAX_TILE,
+    measure_halo: bool = True,
     log=print,
 ) -> ExportResult:
-    """Export, check structure, compare with PyTorch in ONNX Runtime, then write the sidecar.
+    """Export, check structure, compare with PyTorch in ONNX Runtime, then write the sidecar
+    (and, for a fully convolutional model, measure its halo into it unless ``measure_halo`` is off).
 
     Nothing is left at ``out`` if a check fails (a half-verified graph must not be used).
     """
@@ -173,6 +182,13 @@ def export_model(
     wrapper = ExportWrapper(model, info.plm).eval()
     image, ratio = random_inputs(max(2, batch[1]), info.tile, n)
     bdim = torch.export.Dim("B", min=1, max=max(batch[2], 2))
+    m = getattr(model, "tile_multiple", None)  # fully convolutional: dynamic height and width
+    image_dims: dict[int, Any] = {0: bdim}
+    if m is not None:
+        if max_tile < info.tile or max_tile % m:
+            raise ValueError(f"max_tile {max_tile} must be a multiple of {m} and >= the training tile {info.tile}")
+        image_dims.update({2: m * torch.export.Dim("h", min=1, max=max_tile // m),
+                           3: m * torch.export.Dim("w", min=1, max=max_tile // m)})
 
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,34 +206,39 @@ def export_model(
             input_names=[names.IMAGE, names.RATIO],
             output_names=[names.PROBS],
             opset_version=opset,
-            dynamic_shapes={names.IMAGE: {0: bdim}, names.RATIO: {0: bdim}},
+            dynamic_shapes={names.IMAGE: image_dims, names.RATIO: {0: bdim}},
             external_data=False,
             optimize=True,
             verbose=False,
         )
     seconds = time.perf_counter() - t0
     try:
-        ops = check_graph(out, model, info)
-        log(f"exported in {seconds:.0f}s; comparing with PyTorch in ONNX Runtime on B={verify_batches}...")
-        parity = compare_with_torch(out, wrapper, info.tile, n, verify_batches)
+        ops = check_graph(out, model, info, dynamic=m is not None)
+        other = () if m is None else (info.tile + 2 * m,)
+        log(f"exported in {seconds:.0f}s; comparing with PyTorch in ONNX Runtime on B={verify_batches}"
+            f"{f' and tile {other[0]}' if other else ''}...")
+        parity = compare_with_torch(out, wrapper, info.tile, n, verify_batches, other)
         log(str(parity))
         if not parity.max_abs_err <= atol or parity.argmax_agreement < min_agreement:
             raise ExportError(f"{parity} exceeds tolerance (atol {atol}, agreement >= {min_agreement})")
     except BaseException:
         out.unlink(missing_ok=True)
         raise
-    inputs, outputs = sidecar_mod.io_specs(info.tile, n)
+    inputs, outputs = sidecar_mod.io_specs(info.tile, n, dynamic=m is not None)
     sc = sidecar_mod.write(
         sidecar_mod.Sidecar(
             kind="onnx", architecture=info.architecture, plm=info.plm, class_names=info.class_names,
             n_classes=n, tile=info.tile, normalization=info.normalization, inputs=inputs, outputs=outputs,
             batch=batch, precision="fp32", pixel_size_m=info.pixel_size_m, trained_on=info.trained_on,
-            metrics=dict(info.metrics),
+            metrics=dict(info.metrics), tile_multiple=m, max_tile=None if m is None else max_tile,
             source={**(source or {}), "opset": opset, "exporter": f"torch.onnx dynamo (torch {torch.__version__})",
                     "phaseedge": __version__},
         ),
         out,
     )
+    if m is not None and measure_halo:
+        halo_mod.record(out, log=log)
+        sc = sidecar_mod.load(out)
     return ExportResult(out, sc, parity, seconds, ops)
 
 
@@ -233,7 +254,7 @@ def _quiet_torch_onnx_logs():
         logger.setLevel(level)
 
 
-def check_graph(path: Path, model: nn.Module, info: ModelInfo) -> dict[str, int]:
+def check_graph(path: Path, model: nn.Module, info: ModelInfo, dynamic: bool = False) -> dict[str, int]:
     """onnx.checker, the I/O contract, and one LayerNormalization node per nn.LayerNorm."""
     onnx.checker.check_model(str(path))
     g = onnx.load(str(path), load_external_data=False)
@@ -243,11 +264,12 @@ def check_graph(path: Path, model: nn.Module, info: ModelInfo) -> dict[str, int]
         raise ExportError(f"{n_ln} nn.LayerNorm modules but {ops.get('LayerNormalization', 0)} "
                           "LayerNormalization nodes: LayerNorm was decomposed")
     actual = {v.name: (_onnx_dtype(v), _onnx_shape(v)) for v in (*g.graph.input, *g.graph.output)}
-    inputs, outputs = sidecar_mod.io_specs(info.tile, len(info.class_names))
+    inputs, outputs = sidecar_mod.io_specs(info.tile, len(info.class_names), dynamic=dynamic)
     probe = sidecar_mod.Sidecar(
         kind="onnx", architecture=info.architecture, plm=info.plm, class_names=info.class_names,
         n_classes=len(info.class_names), tile=info.tile, normalization=info.normalization,
         inputs=inputs, outputs=outputs, batch=(1, 1, 1), precision="fp32",
+        tile_multiple=info.tile if dynamic else None, max_tile=info.tile if dynamic else None,
     )
     try:
         sidecar_mod.check_io(probe, actual)

@@ -79,7 +79,8 @@ def config_text(sc: Sidecar, name: str, max_batch_size: int, gpu: bool = True, i
     def dims(spec: sidecar.TensorSpec) -> list[int]:
         if spec.shape[0] != sidecar.BATCH_DIM:
             raise SidecarError(f"tensor {spec.name!r} has no leading batch dimension: {list(spec.shape)}")
-        return [int(d) for d in spec.shape[1:]]
+        # a graph that takes any tile size is served at its training tile (fixed dims in the config)
+        return [sc.tile if d in (sidecar.HEIGHT_DIM, sidecar.WIDTH_DIM) else int(d) for d in spec.shape[1:]]
 
     inputs = ",\n".join(_tensor(t.name, t.dtype, dims(t)) for t in (sc.input(names.IMAGE), sc.input(names.RATIO)))
     outputs = _tensor(names.PROBS, sc.output(names.PROBS).dtype, dims(sc.output(names.PROBS)))

@@ -100,6 +100,17 @@ def mostly_fp16(report: PrecisionReport) -> bool:
     return report.fp16_share >= 0.5
 
 
+def profile_tiles(src: sidecar_mod.Sidecar, tiles: tuple[int, int, int] | None) -> tuple[int, int, int]:
+    """The (min, opt, max) tile sides an engine's profile covers; every one must be a size the graph takes."""
+    sizes = src.tile_sizes()
+    if tiles is None:
+        return sizes[0], sizes[0], sizes[-1]
+    if len(tiles) != 3 or not tiles[0] <= tiles[1] <= tiles[2] or any(s not in sizes for s in tiles):
+        allowed = f"{sizes[0]}..{sizes[-1]} in steps of {sizes.step}" if len(sizes) > 1 else f"only {sizes[0]}"
+        raise ValueError(f"tiles must be MIN <= OPT <= MAX, each a size the graph takes ({allowed}), got {tiles}")
+    return tiles
+
+
 def parse_batch(text: str) -> tuple[int, int, int]:
     """``"1:4:8"`` -> (1, 4, 8); ``"8"`` -> (1, 8, 8)."""
     try:
@@ -276,13 +287,16 @@ def build_engine(
     hardware_compatible: bool = False,
     verbose: bool = False,
     device: int = 0,
+    tiles: tuple[int, int, int] | None = None,
     stream=sys.stderr,
     log=print,
 ) -> BuildResult:
     """Parse ``onnx_path`` strongly typed, build for ``batch`` (min, opt, max), write engine + sidecar.
 
     ``device``: the CUDA device the build runs on (made current for this thread) and whose
-    name and compute capability the sidecar records.
+    name and compute capability the sidecar records. ``tiles``: (min, opt, max) tile sides of the
+    optimisation profile for a graph that takes any tile size (default: its training tile, the
+    training tile, its largest), each one the graph takes; a fixed-tile graph has its one tile.
     """
     onnx_path, out = Path(onnx_path), Path(out)
     if out.suffix != ".engine":
@@ -323,8 +337,10 @@ def build_engine(
     if workspace_mb is not None:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_mb) << 20)
     profile = builder.create_optimization_profile()
-    t, n = src.tile, src.n_classes
-    profile.set_shape(names.IMAGE, *[(b, 1, t, t) for b in batch])
+    n = src.n_classes
+    sides = profile_tiles(src, tiles)
+    t = sides[0]
+    profile.set_shape(names.IMAGE, *[(b, 1, s, s) for b, s in zip(batch, sides)])
     profile.set_shape(names.RATIO, *[(b, n) for b in batch])
     config.add_optimization_profile(profile)
     config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
@@ -359,7 +375,7 @@ def build_engine(
 
     data = bytes(memoryview(serialized))
     if dev is not None:
-        engine_report = engine_precisions(trt, data, logger, batch[1], t, n)
+        engine_report = engine_precisions(trt, data, logger, batch[1], sides[1], n)
         if engine_report.by_dtype.get("fp16", 0) + engine_report.by_dtype.get("fp32", 0) > 0:
             report = engine_report  # otherwise the inspector listed no formats: keep the network's view
     log(str(report))
@@ -382,8 +398,11 @@ def build_engine(
             kind="engine", architecture=src.architecture, plm=src.plm, class_names=src.class_names,
             n_classes=n, tile=t, normalization=src.normalization, inputs=src.inputs, outputs=src.outputs,
             batch=batch, precision=src.precision, engine=engine_info, pixel_size_m=src.pixel_size_m,
-            trained_on=src.trained_on, metrics=dict(src.metrics),
+            trained_on=src.trained_on, metrics=dict(src.metrics), tile_multiple=src.tile_multiple,
+            max_tile=None if src.tile_multiple is None else sides[2], halo=src.halo,
+            quantization=dict(src.quantization),
             source={"onnx": onnx_path.name, "onnx_sha256": src.sha256, "build_seconds": round(seconds, 1),
+                    "profile_tiles": list(sides),
                     "workspace_mb": workspace_mb, "layer_precisions": report.to_dict()},
         ),
         out,

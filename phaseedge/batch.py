@@ -50,8 +50,10 @@ class Settings:
     model: str = "default"
     backend: str = "auto"
     device: int = 0
-    overlap: float = 0.25
-    blend: str = "gaussian"
+    overlap: float | None = None  # None (and blend, tile, halo): the model's tiling (phaseedge.tiling.plan)
+    blend: str | None = None
+    tile: int | None = None
+    halo: int | None = None
     batch_size: int | None = None
     ratio_mode: str = "global"
     ratio: Any = None  # as ``phaseedge segment --ratio`` parses it (checked against the model's classes)
@@ -67,7 +69,7 @@ class Settings:
         from phaseedge.segmenter import Segmenter
 
         return Segmenter(self.model, backend=self.backend, device=self.device, overlap=self.overlap,
-                         blend=self.blend, batch_size=self.batch_size, ratio_mode=self.ratio_mode, tta=self.tta,
+                         blend=self.blend, tile=self.tile, halo=self.halo, batch_size=self.batch_size, ratio_mode=self.ratio_mode, tta=self.tta,
                          backend_options=dict(self.backend_options))
 
     def outputs(self, job: Job) -> list[Path]:

@@ -73,6 +73,20 @@ def read_ratio_file(path: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def _tiling_args(p: argparse.ArgumentParser) -> None:
+    """--tile/--overlap/--halo/--blend; left out, the model decides (phaseedge.tiling.plan)."""
+    p.add_argument("--tile", type=int, default=None,
+                   help="tile side (default: a fully convolutional model picks the size that computes the fewest "
+                        "pixels for each frame; others use their own)")
+    p.add_argument("--overlap", type=float, default=None,
+                   help="tile overlap as a fraction in [0, 1) of the training tile (default: 2 x the model's "
+                        "measured halo, or 0.25 for models without one)")
+    p.add_argument("--halo", type=int, default=None,
+                   help="pixels every kept pixel lies inside its tile (overlap 2 x halo; default: the model's)")
+    p.add_argument("--blend", default=None, choices=("gaussian", "center"),
+                   help="default: center with a halo, gaussian with a fractional overlap")
+
+
 def _crop_arg(text: str) -> tuple[int, int]:
     try:
         rows, cols = (int(v) for v in text.split(","))
@@ -106,8 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "the images it lists)")
     seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, slower)")
     seg.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
-    seg.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
-    seg.add_argument("--blend", default="gaussian", choices=("gaussian", "center"))
+    _tiling_args(seg)
     seg.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"))
     seg.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     seg.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
@@ -137,8 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--out", type=Path, required=True, help="output directory (created)")
     bat.add_argument("--ratio", type=_ratio_arg, default=None, help="expert phase ratio for every frame (as segment)")
     bat.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
-    bat.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1) (default 0.25)")
-    bat.add_argument("--blend", default="gaussian", choices=("gaussian", "center"))
+    _tiling_args(bat)
     bat.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch", "triton"))
     bat.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     bat.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
@@ -258,7 +270,8 @@ def segment_command(args: argparse.Namespace) -> int:
 
     try:
         seg = Segmenter(args.model, backend=args.backend, device=args.device, overlap=args.overlap,
-                        blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode,
+                        blend=args.blend, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
+                        ratio_mode=args.ratio_mode,
                         model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9,
                         tta=args.tta)
         seg.__enter__()  # load now: a model that does not load is one message, not N
@@ -320,7 +333,7 @@ def batch_command(args: argparse.Namespace) -> int:
     from phaseedge.batch import Settings, run_batch
 
     settings = Settings(model=args.model, backend=args.backend, device=args.device, overlap=args.overlap,
-                        blend=args.blend, batch_size=args.batch_size, ratio_mode=args.ratio_mode, ratio=args.ratio,
+                        blend=args.blend, tile=args.tile, halo=args.halo, batch_size=args.batch_size, ratio_mode=args.ratio_mode, ratio=args.ratio,
                         tta=args.tta, crop=args.crop, keep_band=args.keep_band, overlay=args.overlay,
                         uncertainty=args.uncertainty)
     try:

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from phaseedge import ratio as ratio_mod
-from phaseedge import strategies
-from phaseedge.bundled import SYNTHETIC_WARNING, default_model
+from phaseedge import strategies, tiling
 from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend, is_remote
+from phaseedge.bundled import SYNTHETIC_WARNING, default_model
 from phaseedge.jobs import CLOSED, JobQueue
 from phaseedge.prepare import Prepared, prepare
 from phaseedge.resample import to_shape
@@ -42,9 +42,14 @@ class Segmenter:
     model: path to an ``.onnx`` or ``.engine`` (each with its sidecar), a checkpoint
     directory, ``"default"`` (the bundled model), a ``torch.nn.Module`` (backend "torch")
     or a ready `Backend`. backend: "auto" (from the model: .engine -> tensorrt, .onnx ->
-    onnxruntime, directory/module -> torch) or a name. overlap in [0, 1); blend
-    "gaussian" or "center"; batch_size: tiles per backend call (default: the backend's
-    maximum). ratio_mode: how an expert ratio is used (see `segment`). queue_size bounds
+    onnxruntime, directory/module -> torch) or a name. Tiling (`phaseedge.tiling.plan`): by
+    default a fully convolutional model with a measured halo gets, per frame, the tile size that
+    computes the fewest pixels, neighbours sharing 2 x halo pixels, centre-crop blending; other
+    models their own tile with overlap 0.25 and Gaussian blending. tile: a tile side the model
+    takes; overlap: a fraction of the tile in [0, 1) (keeps the training tile unless tile is
+    given); halo: pixels (overlap = 2 x halo); blend: "gaussian" or "center". batch_size: tiles
+    per backend call (default: the backend's maximum, at most tiling.MAX_BATCH_PIXELS pixels).
+    ratio_mode: how an expert ratio is used (see `segment`). queue_size bounds
     `submit`'s queue. backend_options go to the backend constructor.
     model_pixel_size_m: metres per pixel of the model's training images. When given, a
     frame whose pixel size is known (a path or `phaseedge.io.Frame` with SEM metadata) is
@@ -56,12 +61,19 @@ class Segmenter:
     usually a little more accurate, and what `phaseedge-train eval --tta` reports.
     """
 
-    def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float = 0.25,
-                 blend: str = "gaussian", batch_size: int | None = None, ratio_mode: str = "global",
+    def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float | None = None,
+                 blend: str | None = None, batch_size: int | None = None, ratio_mode: str = "global",
                  queue_size: int = 4, backend_options: dict[str, Any] | None = None,
-                 model_pixel_size_m: float | None = None, tta: bool = False) -> None:
-        self.overlap = validate_overlap(overlap)
-        self.blend = validate_blend(blend)
+                 model_pixel_size_m: float | None = None, tta: bool = False, tile: int | None = None,
+                 halo: int | None = None) -> None:
+        self.overlap = None if overlap is None else validate_overlap(overlap)
+        self.blend = None if blend is None else validate_blend(blend)
+        for key, value in (("tile", tile), ("halo", halo)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ValueError(f"{key} must be a whole number of pixels or None, got {value!r}")
+        if overlap is not None and halo is not None:
+            raise ValueError("give overlap (a fraction of the tile) or halo (pixels), not both")
+        self.requested_tile, self.halo = tile, halo
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f"ratio_mode must be one of {', '.join(RATIO_MODES)}, got {ratio_mode!r}")
         self.ratio_mode = ratio_mode
@@ -126,7 +138,14 @@ class Segmenter:
 
     @property
     def tile(self) -> int:
+        """The tile side the model takes now (a fully convolutional one: the last frame's)."""
         return self.backend.tile
+
+    def tiling_for(self, height: int, width: int) -> tuple[TileGrid, str]:
+        """The tile grid and blend a ``height`` x ``width`` frame (at the model's pixel size) gets."""
+        b = self.backend
+        return tiling.plan(height, width, b.allowed_tiles(), b.halo, self.requested_tile, self.overlap, self.halo,
+                           self.blend)
 
     def __enter__(self) -> Segmenter:
         _ = self.backend
@@ -151,8 +170,8 @@ class Segmenter:
                 self._backend = None
 
     def __repr__(self) -> str:
-        return (f"Segmenter(model={str(self.model)!r}, backend={self.backend_name!r}, overlap={self.overlap}, "
-                f"blend={self.blend!r}, ratio_mode={self.ratio_mode!r})")
+        return (f"Segmenter(model={str(self.model)!r}, backend={self.backend_name!r}, tile={self.requested_tile}, "
+                f"overlap={self.overlap}, halo={self.halo}, blend={self.blend!r}, ratio_mode={self.ratio_mode!r})")
 
     # ------------------------------------------------------------------ public API
     def _check_open(self) -> None:
@@ -240,8 +259,9 @@ class Segmenter:
         with self._lock:
             backend = self.backend
             t0 = time.perf_counter()
-            grid = TileGrid.for_frame(*p.frame.shape, backend.tile, self.overlap)
-            bs = min(self.batch_size or backend.max_batch, backend.max_batch)
+            grid, blend = self.tiling_for(*p.frame.shape)
+            backend.use_tile(grid.tile)
+            bs = tiling.batch_size(self.batch_size, backend.max_batch, grid.tile)
             timings = {"prepare": p.seconds, "survey": 0.0, "tiles": 0.0, "infer": 0.0, "stitch": 0.0, "finish": 0.0}
             survey = strategies.Survey(backend, p.frame, p.lo, p.hi, grid, bs, timings, self.tta)
             t = time.perf_counter()
@@ -253,7 +273,7 @@ class Segmenter:
             keep_probs = want_probs or p.original_shape is not None
             tiles = stream_tiles(backend, p.frame, p.lo, p.hi, grid.origins, plan.tile_ratios, batches, timings,
                                  self.tta)
-            labels, counts, probs = stitch(tiles, grid, batches, self.blend, backend.n_classes, p.frame.shape,
+            labels, counts, probs = stitch(tiles, grid, batches, blend, backend.n_classes, p.frame.shape,
                                            plan.class_weights, keep_probs, timings)
             if probs is not None and plan.class_weights is not None:  # return what the labels came from
                 probs *= plan.class_weights[:, None, None]

@@ -29,12 +29,14 @@ from phaseedge import __version__, names
 
 FORMAT_VERSION = 1
 KINDS = ("onnx", "engine")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 #: engine targets (``engine.target``) -> the Python module that builds and runs them (export and runtime alike)
 TARGET_MODULES: dict[str, str] = {"tensorrt": "tensorrt", "rtx": "tensorrt_rtx"}
 TARGETS = tuple(TARGET_MODULES)
 NO_GPU = "none (built without GPU)"
 BATCH_DIM = "B"
+#: spatial dims of a graph that takes any allowed tile size (`Sidecar.tile_multiple`)
+HEIGHT_DIM, WIDTH_DIM = "H", "W"
 _SUFFIX_KIND = {".onnx": "onnx", ".engine": "engine"}
 _REBUILD = "rebuild with phaseedge-export"
 _CHUNK = 1 << 20
@@ -77,13 +79,14 @@ class EngineInfo:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def io_specs(tile: int, n_classes: int) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
-    """The graph I/O the contract fixes (DEVELOPERS.md, phaseedge.names)."""
+def io_specs(tile: int, n_classes: int, dynamic: bool = False) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+    """The graph I/O the contract fixes (DEVELOPERS.md, phaseedge.names); ``dynamic``: any tile size."""
+    h, w = (HEIGHT_DIM, WIDTH_DIM) if dynamic else (tile, tile)
     inputs = (
-        TensorSpec(names.IMAGE, names.IMAGE_DTYPE, (BATCH_DIM, 1, tile, tile)),
+        TensorSpec(names.IMAGE, names.IMAGE_DTYPE, (BATCH_DIM, 1, h, w)),
         TensorSpec(names.RATIO, names.RATIO_DTYPE, (BATCH_DIM, n_classes)),
     )
-    outputs = (TensorSpec(names.PROBS, names.PROBS_DTYPE, (BATCH_DIM, n_classes, tile, tile)),)
+    outputs = (TensorSpec(names.PROBS, names.PROBS_DTYPE, (BATCH_DIM, n_classes, h, w)),)
     return inputs, outputs
 
 
@@ -110,6 +113,12 @@ class Sidecar:
     pixel_size_m: float | None = None  # metres per pixel of the training frames (None: not normalised)
     trained_on: str | None = None  # dataset name, or "synthetic" (phaseedge.synth)
     metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics of the run that made it
+    # Fully convolutional graphs take any square tile of side tile, tile + m, ..., max_tile (m = tile_multiple,
+    # a U-Net's 2**depth); None: the fixed ``tile`` only (SAM).
+    tile_multiple: int | None = None
+    max_tile: int | None = None
+    halo: int | None = None  # measured: pixels from a tile border beyond which predictions stop changing
+    quantization: dict[str, Any] = field(default_factory=dict)  # int8: calibration and the accuracy gate
     sha256: str = ""
     file_name: str = ""
     created_by: str = f"phaseedge {__version__}"
@@ -160,12 +169,22 @@ class Sidecar:
             pixel_size_m=d.get("pixel_size_m"),
             trained_on=d.get("trained_on"),
             metrics=dict(d.get("metrics") or {}),
+            tile_multiple=d.get("tile_multiple"),
+            max_tile=d.get("max_tile"),
+            halo=d.get("halo"),
+            quantization=dict(d.get("quantization") or {}),
             sha256=d["sha256"],
             file_name=d.get("file_name", ""),
             created_by=d.get("created_by", ""),
             created_at=d.get("created_at", ""),
             format_version=version,
         )
+
+    def tile_sizes(self) -> range:
+        """Tile sides the graph takes: tile .. max_tile in steps of tile_multiple, or the fixed tile."""
+        if self.tile_multiple is None:
+            return range(self.tile, self.tile + 1)
+        return range(self.tile, self.max_tile + 1, self.tile_multiple)
 
     def input(self, name: str) -> TensorSpec:
         return _by_name(self.inputs, name)
@@ -348,7 +367,7 @@ def check_engine_compatible(
 def check_io(sidecar: Sidecar, actual: Mapping[str, tuple[str, Sequence[int | str | None]]]) -> None:
     """Compare a loaded graph's I/O ``{name: (dtype, shape)}`` with the sidecar.
 
-    Dynamic dimensions (None, strings, -1) in ``actual`` match the sidecar's ``"B"``.
+    Dynamic dimensions (None, strings, -1) in ``actual`` match the sidecar's named ones (``"B"``, ``"H"``, ``"W"``).
     """
     expected = {t.name: t for t in (*sidecar.inputs, *sidecar.outputs)}
     if set(expected) != set(actual):
@@ -358,7 +377,7 @@ def check_io(sidecar: Sidecar, actual: Mapping[str, tuple[str, Sequence[int | st
         if str(dtype) != spec.dtype:
             raise SidecarError(f"tensor {name!r} is {dtype} in the file, {spec.dtype} in the sidecar; {_REBUILD}")
         if len(shape) != len(spec.shape) or any(
-            not (s == BATCH_DIM and (a is None or isinstance(a, str) or a == -1)) and a != s
+            not (isinstance(s, str) and (a is None or isinstance(a, str) or a == -1)) and a != s
             for a, s in zip(shape, spec.shape)
         ):
             raise SidecarError(
@@ -429,7 +448,18 @@ def _validate(sc: Sidecar) -> None:
         raise bad(f"pixel_size_m must be a positive number of metres per pixel (< 1 mm) or null, got {ps!r}")
     if not isinstance(sc.normalization, dict) or "method" not in sc.normalization:
         raise bad(f"normalization must be a dict with a 'method', got {sc.normalization!r}")
-    want_in, want_out = io_specs(sc.tile, sc.n_classes)
+    m = sc.tile_multiple
+    if m is not None:
+        if isinstance(m, bool) or not isinstance(m, int) or m < 1 or sc.tile % m:
+            raise bad(f"tile_multiple must be a positive integer dividing tile {sc.tile}, got {m!r}")
+        if isinstance(sc.max_tile, bool) or not isinstance(sc.max_tile, int) or sc.max_tile < sc.tile or sc.max_tile % m:
+            raise bad(f"max_tile must be a multiple of {m} and >= tile {sc.tile}, got {sc.max_tile!r}")
+    elif sc.max_tile is not None:
+        raise bad("max_tile needs tile_multiple (a graph with a fixed tile has no size range)")
+    if sc.halo is not None and (isinstance(sc.halo, bool) or not isinstance(sc.halo, int)
+                                or not 0 <= 2 * sc.halo < (sc.max_tile or sc.tile)):
+        raise bad(f"halo must be an integer number of pixels in [0, largest tile / 2), got {sc.halo!r}")
+    want_in, want_out = io_specs(sc.tile, sc.n_classes, dynamic=m is not None)
     if tuple(sc.inputs) != want_in or tuple(sc.outputs) != want_out:
         raise bad(
             f"I/O {[dataclasses.asdict(t) for t in (*sc.inputs, *sc.outputs)]} differ from the contract "

@@ -9,12 +9,21 @@ partial tile row with another row, so when a batch has been stitched every row a
 the next tile row is final. The Segmenter finishes those rows at once and reuses the
 band buffer: stitching memory is about (band height) x width x n_classes floats, with
 band height = tile for wide frames, instead of a full-frame probability buffer.
+
+`plan` decides a frame's tiling. A fixed-tile model (SAM) is cut into its own tile with a
+fractional overlap (DEFAULT_OVERLAP) and Gaussian blending. A fully convolutional model
+(`Backend.tile_sizes`) with a measured halo (the distance from a tile border beyond which
+its predictions stop changing, `phaseedge-export halo`) gets the allowed tile that makes the
+model compute the fewest pixels for this frame, neighbours sharing 2 x halo pixels, and
+centre-crop blending, so every pixel comes from a tile in which it lies at least halo pixels
+from the border: the overlap costs what the border effect needs, not a fraction of the tile.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,6 +34,14 @@ BLENDS = ("gaussian", "center")
 #: nnU-Net / MONAI Gaussian: sigma = tile / 8, floored so edge pixels keep some weight
 SIGMA_SCALE = 0.125
 MIN_WEIGHT = 1e-3
+#: overlap fraction of models without a measured halo (fixed-tile models such as SAM)
+DEFAULT_OVERLAP = 0.25
+#: at most this many pixels per backend call (at least one tile): big tiles go one or a few at a
+#: time, which bounds host/device memory and keeps progress reports frequent
+MAX_BATCH_PIXELS = 1 << 20
+#: the largest tile `plan` picks by itself (about 1448 x 1448): one 2048 x 2048 tile of the bundled
+#: model needs 2.6 GB of host memory and its first run is slow to allocate (docs/tiling.md)
+MAX_TILE_PIXELS = 1 << 21
 
 
 def validate_overlap(overlap: float) -> float:
@@ -51,7 +68,7 @@ def tile_starts(length: int, tile: int, overlap: float) -> np.ndarray:
         raise ValueError(f"length and tile must be >= 1, got {length} and {tile}")
     if length <= tile:
         return np.zeros(1, dtype=np.int64)
-    max_step = max(1.0, tile * (1.0 - overlap))
+    max_step = max(1.0, round(tile * (1.0 - overlap), 9))  # 1000 * (1 - 64/1000) is 936, not 935.999...
     n = math.ceil((length - tile) / max_step) + 1
     return np.round(np.linspace(0, length - tile, n)).astype(np.int64)
 
@@ -135,3 +152,52 @@ class TileGrid:
         cols = len(self.xs)
         next_row = tile_stop // cols  # tile row of the next tile to come
         return self.height if next_row >= len(self.ys) else int(self.ys[next_row])
+
+
+def batch_size(requested: int | None, max_batch: int, tile: int) -> int:
+    """Tiles per backend call: what was asked (default: the backend's maximum), at most
+    MAX_BATCH_PIXELS pixels, at least one tile."""
+    return max(1, min(requested or max_batch, max_batch, MAX_BATCH_PIXELS // (tile * tile)))
+
+
+def choose_tile(height: int, width: int, sizes: Sequence[int], overlap_px: int) -> int:
+    """The allowed tile side that makes the model compute the fewest pixels for this frame
+    when neighbours share ``overlap_px`` pixels (ties: the smaller tile, less memory)."""
+    best, best_cost = None, None
+    for t in sizes:
+        if overlap_px >= t:
+            continue
+        cost = len(tile_starts(height, t, overlap_px / t)) * len(tile_starts(width, t, overlap_px / t)) * t * t
+        if best_cost is None or cost < best_cost:
+            best, best_cost = t, cost
+    if best is None:
+        raise ValueError(f"an overlap of {overlap_px} px needs tiles of more than {overlap_px} px; "
+                         f"this model takes at most {max(sizes)}")
+    return int(best)
+
+
+def plan(height: int, width: int, sizes: Sequence[int], model_halo: int | None, tile: int | None = None,
+         overlap: float | None = None, halo: int | None = None, blend: str | None = None) -> tuple[TileGrid, str]:
+    """The frame's tile grid and blend, from what the caller fixed (``tile``, ``overlap`` fraction
+    or ``halo`` pixels, ``blend``; None: the default) and what the model allows (``sizes``, the
+    tile sides it takes, the training tile first) and measured (``model_halo``). A halo (given or
+    measured) picks the tile (`choose_tile`, among sizes up to MAX_TILE_PIXELS) unless ``tile`` is
+    given; an overlap fraction keeps
+    the training tile, as fixed-tile models always do. Whether the model takes ``tile`` is
+    `Backend.use_tile`'s check."""
+    if overlap is not None and halo is not None:
+        raise ValueError("give overlap (a fraction of the tile) or halo (pixels), not both")
+    if halo is not None and (isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0):
+        raise ValueError(f"halo must be a whole number of pixels >= 0, got {halo!r}")
+    if overlap is None:
+        halo = model_halo if halo is None else int(halo)
+    if halo is not None:
+        fits = [t for t in sizes if t * t <= MAX_TILE_PIXELS] or [min(sizes)]
+        chosen = tile or choose_tile(height, width, fits, 2 * halo)
+        if 2 * halo >= chosen:
+            raise ValueError(f"halo {halo} px leaves nothing of a {chosen} px tile (need 2 x halo < tile)")
+        fraction, default_blend = 2 * halo / chosen, "center"
+    else:
+        fraction = validate_overlap(DEFAULT_OVERLAP if overlap is None else overlap)
+        chosen, default_blend = tile or sizes[0], "gaussian"  # a fraction of the training tile, as before
+    return TileGrid.for_frame(height, width, chosen, fraction), validate_blend(blend or default_blend)

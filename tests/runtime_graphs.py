@@ -4,6 +4,8 @@
 stitching tests need, the stitched probabilities must reproduce the frame.
 "ratio": probs = softmax([x, 1 - x, 0.5, ...] + gain * ratio): the output depends on
 the ratio input, so ratio modes are visible.
+Both are pointwise, so ``multiple`` (with ``max_tile`` and ``halo``) can declare them to take any
+tile side tile, tile + multiple, ..., max_tile, as a fully convolutional model's graph does.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from phaseedge import names, sidecar
 from phaseedge.normalize import METHOD
 
 
-def _io(tile: int, n: int):
-    image = helper.make_tensor_value_info(names.IMAGE, TensorProto.FLOAT16, ["B", 1, tile, tile])
+def _io(tile: int | str, n: int):
+    h, w = (tile, tile) if isinstance(tile, int) else ("H", "W")
+    image = helper.make_tensor_value_info(names.IMAGE, TensorProto.FLOAT16, ["B", 1, h, w])
     ratio = helper.make_tensor_value_info(names.RATIO, TensorProto.FLOAT, ["B", n])
-    probs = helper.make_tensor_value_info(names.PROBS, TensorProto.FLOAT16, ["B", n, tile, tile])
+    probs = helper.make_tensor_value_info(names.PROBS, TensorProto.FLOAT16, ["B", n, h, w])
     return image, ratio, probs
 
 
@@ -32,9 +35,10 @@ def _const(name: str, value) -> onnx.NodeProto:
 
 
 def write_graph(path: Path, kind: str = "affine", tile: int = 32, n: int = 2, gain: float = 4.0,
-                max_batch: int = 4, class_names: list[str] | None = None) -> Path:
+                max_batch: int = 4, class_names: list[str] | None = None, multiple: int | None = None,
+                max_tile: int | None = None, halo: int | None = None) -> Path:
     """Write ``path`` (.onnx) and its sidecar; returns the path."""
-    image, ratio, probs = _io(tile, n)
+    image, ratio, probs = _io(tile if multiple is None else "dynamic", n)
     nodes = [
         helper.make_node("Cast", [names.IMAGE], ["x"], to=TensorProto.FLOAT),
         _const("one", 1.0),
@@ -76,10 +80,11 @@ def write_graph(path: Path, kind: str = "affine", tile: int = 32, n: int = 2, ga
     model.ir_version = 9
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
-    inputs, outputs = sidecar.io_specs(tile, n)
+    inputs, outputs = sidecar.io_specs(tile, n, dynamic=multiple is not None)
     sc = sidecar.Sidecar(kind="onnx", architecture=f"test-{kind}", plm=kind == "ratio",
                          class_names=tuple(class_names or [f"phase{i}" for i in range(n)]), n_classes=n,
                          tile=tile, normalization=dict(METHOD), inputs=inputs, outputs=outputs,
-                         batch=(1, min(2, max_batch), max_batch), precision="fp16")
+                         batch=(1, min(2, max_batch), max_batch), precision="fp16", tile_multiple=multiple,
+                         max_tile=max_tile, halo=halo)
     sidecar.write(sc, path)
     return path

@@ -172,3 +172,32 @@ def test_graph_count_matches_flop_counter_on_project_models(arch, tmp_path, caps
     assert out["flops_per_tile"] == out["cross_check"]["flop_counter"]
     if arch.startswith("unet"):  # all convolution: the hand count is the whole model
         assert out["cross_check"]["hand_count"] == out["flops_per_tile"]
+
+
+def test_floor_counts_the_tiles_the_segmenter_uses(tmp_path, capsys):
+    """A graph that takes any tile size: the floor's tiles, overlap factor and FLOPs per tile are the
+    ones `phaseedge.tiling.plan` gives the Segmenter (big tiles, 2 x halo overlap), not the training tile's."""
+    from phaseedge import sidecar
+    from phaseedge.tiling import plan
+
+    path = tmp_path / "dyn.onnx"
+    axes = {"image": {0: "B", 2: "H", 3: "W"}, "ratio": {0: "B"}, "probs": {0: "B", 2: "H", 3: "W"}}
+    torch.onnx.export(_Net().eval(), (torch.rand(1, 1, 32, 32), torch.rand(1, 4)), str(path), dynamo=False,
+                      input_names=["image", "ratio"], output_names=["probs"], dynamic_axes=axes)
+    inputs, outputs = sidecar.io_specs(32, 4, dynamic=True)
+    sidecar.write(sidecar.Sidecar(kind="onnx", architecture="test-net", plm=True, class_names=tuple("abcd"),
+                                  n_classes=4, tile=32, normalization={"method": "percentile", "low": 0.5,
+                                                                        "high": 99.5},
+                                  inputs=inputs, outputs=outputs, batch=(1, 2, 4), precision="fp32",
+                                  tile_multiple=2, max_tile=512, halo=3), path)
+    grid, blend = plan(300, 700, range(32, 513, 2), 3)
+    assert cli.main(["floor", "--model", str(path), "--frame", "700x300", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["tile"], out["tiles_per_frame"], out["blend"]) == (grid.tile, grid.n_tiles, "center")
+    assert out["overlap_factor"] == pytest.approx(grid.n_tiles * grid.tile**2 / (300 * 700)) and out["overlap_factor"] < 1.2
+    assert out["flops_per_tile"] == _hand(grid.tile)
+    assert cli.main(["floor", "--model", str(path), "--frame", "700x300", "--overlap", "0.25", "--json"]) == 0
+    old = json.loads(capsys.readouterr().out)  # a fractional overlap: the training tile, as before
+    assert old["tile"] == 32 and old["overlap_factor"] > 1.5 and old["flops_per_tile"] == _hand(32)
+    with pytest.raises(ValueError, match="tile side"):
+        floor.onnx_flops(path)

@@ -64,3 +64,19 @@ def test_random_weight_baseline_must_match_the_graph(tiny):
     assert "random weights" in origin and module.tile == spec.tile
     with pytest.raises(ValueError, match="not the same network"):
         torch_model(spec, expect_flops=1)
+
+
+def test_tiling_variants_report_their_own_tiles_and_dice(tmp_path, capsys):
+    from runtime_graphs import write_graph
+
+    g = write_graph(tmp_path / "g.onnx", "ratio", tile=32, n=3, multiple=8, max_tile=256, halo=5)
+    assert cli.main(["latency", "--model", str(g), "--backend", "tiling", "--frame", "200x120", "--runs", "1",
+                     "--warmup", "0", "--dice", "--json"]) == 0
+    v = {r["variant"]: r for r in json.loads(capsys.readouterr().out)["variants"]}
+    old, big = v["ort-train-tile"], v["ort-big"]
+    assert (old["tile"], old["blend"], big["blend"]) == (32, "gaussian", "center")
+    assert big["tile"] > 32 and big["overlap_factor"] < old["overlap_factor"]
+    assert big["tiles_per_frame"] * big["tile"] ** 2 == pytest.approx(big["overlap_factor"] * 200 * 120)
+    assert "no INT8 graph" in v["ort-big-int8"]["skipped"]
+    assert 0 <= big["dice"]["macro_dice"] <= 1 and big["dice"]["seed"] == latency.DICE_SEED
+    assert old["speedup_vs_baseline"] == 1.0

@@ -27,11 +27,14 @@ def test_contract_io_and_sidecar(kind):
     e = exported(kind)
     sc = sc_mod.load(e.onnx)
     t, n = sc.tile, len(CLASSES)
+    h, w = (t, t) if sc.tile_multiple is None else ("4*h", "4*w")  # U-Nets take any multiple of 2**depth
     assert _io(e.onnx) == {
-        names.IMAGE: (onnx.TensorProto.FLOAT16, ["B", 1, t, t]),
+        names.IMAGE: (onnx.TensorProto.FLOAT16, ["B", 1, h, w]),
         names.RATIO: (onnx.TensorProto.FLOAT, ["B", n]),
-        names.PROBS: (onnx.TensorProto.FLOAT16, ["B", n, t, t]),
+        names.PROBS: (onnx.TensorProto.FLOAT16, ["B", n, h, w]),
     }
+    assert (sc.tile_multiple, sc.max_tile) == ((None, None) if kind.startswith("sam") else (4, 2048))
+    assert (sc.halo is None) == kind.startswith("sam")
     assert sc.precision == "fp32" and sc.plm == KINDS[kind][1] and sc.architecture == KINDS[kind][0]
     assert sc.class_names == tuple(CLASSES) and sc.batch == (1, 4, 8)
     assert {o.version for o in onnx.load(str(e.onnx)).opset_import if o.domain in ("", "ai.onnx")} == {18}
@@ -123,6 +126,24 @@ def test_onnx_matches_torch_on_new_inputs():
     assert (ref.argmax(1) == got.argmax(1)).mean() > 0.99
 
 
+def test_a_unet_graph_matches_torch_at_tile_sizes_it_was_not_trained_at():
+    import torch
+    from phaseedge.export.onnx_export import ExportWrapper
+    from phaseedge.train import checkpoint
+
+    e = exported("unet-plm")
+    model = checkpoint.load(e.checkpoint)
+    sc = sc_mod.read(e.onnx)
+    sess = ort_session(e.onnx)
+    for tile in (sc.tile + 4, 3 * sc.tile):
+        image, ratio = random_inputs(2, tile, sc.n_classes, seed=tile)
+        with torch.inference_mode():
+            ref = ExportWrapper(model, True).eval()(torch.from_numpy(image), torch.from_numpy(ratio)).numpy()
+        got = sess.run(None, {names.IMAGE: image, names.RATIO: ratio})[0]
+        assert got.shape == (2, sc.n_classes, tile, tile)
+        assert np.abs(ref.astype(np.float32) - got).max() < 2e-3
+
+
 def test_bad_arguments(tmp_path):
     from phaseedge.export.cli import main
 
@@ -133,3 +154,4 @@ def test_bad_arguments(tmp_path):
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(SystemExit):
         main(["onnx", str(e.checkpoint), "-o", str(tmp_path / "m.onnx"), "--batch", "4:2:8"])
+    assert main(["onnx", str(e.checkpoint), "-o", str(tmp_path / "m.onnx"), "--max-tile", "30"]) == 2

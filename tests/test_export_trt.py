@@ -37,6 +37,27 @@ def test_rtx_builds_every_graph_kind(tmp_path, kind, graph):
         assert result.report.heavy_by_dtype == {want: sum(result.report.heavy_by_dtype.values())}
 
 
+def test_rtx_profile_covers_every_tile_size_the_graph_takes(tmp_path):
+    """The builder runs here (TensorRT-RTX, no GPU): a dynamic graph's engine keeps its range and halo."""
+    import tensorrt_rtx as rtx
+
+    src = exported("unet-plm").fp16
+    sc_src = sc_mod.read(src)
+    result = trt.build_engine(src, tmp_path / "m.engine", batch=(1, 2, 4), target="rtx", log=lambda _: None)
+    sc = result.sidecar
+    assert (sc.tile, sc.tile_multiple, sc.max_tile, sc.halo) == (sc_src.tile, 4, sc_src.max_tile, sc_src.halo)
+    assert sc.source["profile_tiles"] == [sc_src.tile, sc_src.tile, sc_src.max_tile]
+    logger = rtx.Logger(rtx.Logger.ERROR)
+    network = rtx.Builder(logger).create_network(1 << int(rtx.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    assert rtx.OnnxParser(network, logger).parse_from_file(str(src))
+    assert tuple(network.get_input(0).shape) == (-1, 1, -1, -1)  # height and width left to the profile
+    with pytest.raises(ValueError, match="MIN <= OPT <= MAX"):
+        trt.build_engine(src, tmp_path / "x.engine", batch=(1, 2, 4), target="rtx", tiles=(64, 32, 128))
+    sam = trt.build_engine(exported("sam-plm").fp16, tmp_path / "s.engine", batch=(1, 1, 2), target="rtx",
+                           log=lambda _: None).sidecar
+    assert sam.tile_multiple is None and sam.tile_sizes() == range(sam.tile, sam.tile + 1)
+
+
 def test_fp16_label_on_fp32_graph_fails(tmp_path):
     """An 'fp16' build that is not mostly fp16 must fail, not ship."""
     e = exported("unet-plm")
@@ -51,9 +72,14 @@ def test_fp16_label_on_fp32_graph_fails(tmp_path):
 def test_cli_and_errors(tmp_path, capsys):
     e = exported("unet-noplm")
     out = tmp_path / "m.engine"
-    assert main(["trt", str(e.fp16), "-o", str(out), "--batch", "1:2:4", "--target", "rtx", "--workspace", "256"]) == 0
+    assert main(["trt", str(e.fp16), "-o", str(out), "--batch", "1:2:4", "--target", "rtx", "--workspace", "256",
+                 "--tiles", "32:64:256"]) == 0
     assert "fp16" in capsys.readouterr().out
-    assert sc_mod.load(out).source["workspace_mb"] == 256
+    sc = sc_mod.load(out)
+    assert sc.source["workspace_mb"] == 256 and sc.source["profile_tiles"] == [32, 64, 256]
+    assert sc.tile_sizes() == range(32, 257, 4)  # the engine takes what its profile covers
+    assert main(["trt", str(e.fp16), "-o", str(out), "--batch", "1:2:4", "--target", "rtx", "--tiles", "32:34:64"]) == 2
+    assert "each a size the graph takes (32..2048 in steps of 4)" in capsys.readouterr().err
     # no sidecar beside the graph -> clear error, exit 2
     bare = tmp_path / "bare.onnx"
     bare.write_bytes(e.fp16.read_bytes())

@@ -81,3 +81,26 @@ def test_unet_places_the_plm(plm_at, channels):
     assert a.shape == (2, 3, 32, 32) and float((a - b).abs().max()) > 0
     with pytest.raises(ValueError, match="plm_at"):
         build_model("unet", 3, plm=True, tile=32, width=4, depth=4, plm_at="encoder")
+
+
+def test_coordinates_do_not_depend_on_the_tile_size():
+    from phaseedge.train.models.plm import coordinates
+
+    like = torch.zeros(1)
+    for s in (2, 7, 8, 128):
+        x, y = coordinates(s, s, like, span=(s, s))  # the training size: CoordConv's linspace, exactly
+        assert torch.equal(x[0], torch.linspace(-1, 1, s)) and torch.equal(y[:, 0], torch.linspace(-1, 1, s))
+    x, _ = coordinates(8, 30, like, span=(8, 8))  # a bigger tile: each border as in training, 0 between
+    ramp = torch.linspace(-1, 1, 8)
+    assert torch.equal(x[0, :4], ramp[:4]) and torch.equal(x[0, -4:], ramp[-4:]) and not x[0, 4:-4].any()
+
+
+def test_a_unet_takes_any_multiple_of_its_pooling_and_refuses_others():
+    torch.manual_seed(0)
+    model = build_model("unet", 3, plm=True, tile=32, width=4, depth=2).eval()
+    r = torch.tensor([[0.5, 0.3, 0.2]])
+    with torch.no_grad():
+        assert model(torch.rand(1, 1, 64, 44), r).shape == (1, 3, 64, 44)
+        with pytest.raises(ValueError, match="multiples of 4"):
+            model(torch.rand(1, 1, 30, 32), r)
+    assert model.plm.span == (8, 8)  # the bottleneck of a 32-pixel training tile at depth 2

@@ -186,7 +186,7 @@ def test_newer_request_supersedes_a_running_one(widget, viewer, frame):
 
 
 def test_large_frame_shows_progress(widget, viewer):
-    big = synth.micrograph((640, 640), n_phases=3, seed=4, dtype=np.uint8)[0]  # 36 tiles
+    big = synth.micrograph((640, 1400), n_phases=3, seed=4, dtype=np.uint8)[0]  # 2 tiles of 736 (1.1 Mpx)
     viewer.add_image(big, name="big")
     seen = []
     widget.progress.valueChanged.connect(lambda v: seen.append((v, widget.progress.isHidden())))
@@ -203,12 +203,11 @@ def test_watched_backend_counts_tiles_and_stops_a_cancelled_job(frame):
     from phaseedge.backends import get_backend
     from phaseedge.napari.watch import Job, Superseded, WatchedBackend
     from phaseedge.segmenter import default_model
-    from phaseedge.tiling import TileGrid
 
     backend = WatchedBackend(get_backend("onnxruntime", default_model()))
     try:
         seg = Segmenter(backend)
-        tiles = TileGrid.for_frame(*SHAPE, backend.tile, seg.overlap).n_tiles
+        tiles = seg.tiling_for(*SHAPE)[0].n_tiles
         backend.job = Job(tiles)
         result = seg.segment(frame)
         assert backend.job.tiles_done == tiles and backend.job.progress == 1.0

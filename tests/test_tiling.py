@@ -5,7 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from phaseedge.tiling import TileGrid, tile_starts, validate_overlap
+from phaseedge.hostops import owned_intervals
+from phaseedge.tiling import (
+    DEFAULT_OVERLAP,
+    MAX_BATCH_PIXELS,
+    MAX_TILE_PIXELS,
+    TileGrid,
+    batch_size,
+    choose_tile,
+    plan,
+    tile_starts,
+    validate_overlap,
+)
 
 
 @pytest.mark.parametrize("length,tile,overlap", [
@@ -96,3 +107,74 @@ def test_owned_area_partitions_the_frame():
 def test_unknown_blend_is_refused():
     with pytest.raises(ValueError, match="blend"):
         TileGrid.for_frame(100, 100, 32, 0.25).windows("max")
+
+
+SIZES = range(128, 2049, 16)  # what the bundled model's graph takes
+
+
+def _cost(height, width, tile, overlap_px):
+    g = TileGrid.for_frame(height, width, tile, overlap_px / tile)
+    return g.n_tiles * tile * tile
+
+
+@pytest.mark.parametrize("shape,halo", [((3072, 4096), 22), ((2048, 2048), 22), ((700, 1300), 16),
+                                        ((100, 60), 8), ((3000, 2000), 40)])
+def test_choose_tile_computes_the_fewest_pixels(shape, halo):
+    t = choose_tile(*shape, SIZES, 2 * halo)
+    best = min(_cost(*shape, s, 2 * halo) for s in SIZES)
+    assert _cost(*shape, t, 2 * halo) == best
+    assert t == min(s for s in SIZES if _cost(*shape, s, 2 * halo) == best)  # ties: the smaller tile
+
+
+def test_the_default_frame_computes_at_most_1_15x_its_pixels():
+    grid, blend = plan(3072, 4096, SIZES, 22)
+    assert grid.n_tiles * grid.tile**2 / (3072 * 4096) <= 1.15
+    assert (grid.tile, grid.n_tiles, blend) == (1072, 12, "center")
+    old, old_blend = plan(3072, 4096, (128,), None)  # a fixed-tile model: overlap 0.25 as before
+    assert (old.tile, old.n_tiles, old.overlap, old_blend) == (128, 1376, DEFAULT_OVERLAP, "gaussian")
+
+
+@pytest.mark.parametrize("shape,halo", [((3072, 4096), 22), ((333, 517), 13), ((1000, 129), 30), ((97, 301), 0)])
+def test_every_pixel_lies_halo_pixels_inside_the_tile_it_is_taken_from(shape, halo):
+    grid, blend = plan(*shape, SIZES if max(shape) > 1000 else range(64, 513, 8), halo)
+    assert blend == "center"
+    for starts, length in ((grid.ys, shape[0]), (grid.xs, shape[1])):
+        owned = owned_intervals(starts, grid.tile, length)
+        for k, a in enumerate(starts):
+            pix = np.nonzero(owned[k])[0] + a  # frame coordinates this tile owns
+            inside_from_start = pix - a if a > 0 else np.full_like(pix, halo)  # the frame edge is no tile border
+            inside_from_end = a + grid.tile - 1 - pix if a + grid.tile < length else np.full_like(pix, halo)
+            assert np.minimum(inside_from_start, inside_from_end).min() >= halo
+
+
+def test_plan_keeps_what_the_caller_fixed():
+    g, b = plan(3072, 4096, SIZES, 22, overlap=0.25)  # a fraction keeps the training tile
+    assert (g.tile, g.overlap, b) == (128, 0.25, "gaussian")
+    g, b = plan(3072, 4096, SIZES, 22, tile=512, blend="gaussian")
+    assert (g.tile, g.overlap, b) == (512, 44 / 512, "gaussian")
+    g, b = plan(3072, 4096, SIZES, None, halo=8)
+    assert b == "center" and g.overlap == 16 / g.tile
+    with pytest.raises(ValueError, match="not both"):
+        plan(100, 100, SIZES, None, overlap=0.1, halo=4)
+    with pytest.raises(ValueError, match="tiles of more than 32 px"):
+        plan(100, 100, (32,), None, halo=16)
+    with pytest.raises(ValueError, match="halo 16 px leaves nothing"):
+        plan(100, 100, SIZES, None, halo=16, tile=32)
+    with pytest.raises(ValueError, match="halo"):
+        plan(100, 100, SIZES, None, halo=-1)
+
+
+def test_batches_of_big_tiles_stay_under_the_pixel_budget():
+    assert batch_size(None, 8, 128) == 8
+    assert batch_size(None, 8, 512) * 512**2 <= MAX_BATCH_PIXELS and batch_size(None, 8, 1072) == 1
+    assert batch_size(3, 8, 2048) == 1 and batch_size(2, 8, 128) == 2
+
+
+def test_a_pixel_overlap_is_not_lost_to_rounding():
+    assert tile_starts(1000 + 936, 1000, 64 / 1000).tolist() == [0, 936]  # 1000 * (1 - 0.064) is 936
+
+
+def test_plan_does_not_pick_tiles_past_the_memory_cap():
+    grid, _ = plan(2048, 2048, SIZES, 20)  # one 2048 tile would compute the fewest pixels, but needs GBs
+    assert grid.tile**2 <= MAX_TILE_PIXELS and grid.n_tiles == 4
+    assert plan(2048, 2048, SIZES, 20, tile=2048)[0].n_tiles == 1  # asked for: given

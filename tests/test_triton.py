@@ -191,10 +191,11 @@ def frames():
 
 @pytest.fixture(scope="module")
 def local():
-    """The in-process reference: ONNX Runtime on the same graph, one thread like the server."""
+    """The in-process reference: ONNX Runtime on the same graph, one thread like the server, and the
+    served model's tiling (Triton serves it at its training tile: 0.25 overlap, as its backend defaults to)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        with Segmenter(DEFAULT, backend="onnxruntime", backend_options={"threads": 1}) as seg:
+        with Segmenter(DEFAULT, backend="onnxruntime", overlap=0.25, backend_options={"threads": 1}) as seg:
             yield seg
 
 

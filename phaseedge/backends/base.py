@@ -12,7 +12,7 @@ Segmenter therefore constructs its backend lazily, on first use or ``__enter__``
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,9 @@ class Backend(abc.ABC):
     - ``device``: human-readable description of where it runs (e.g. "CPU", "cuda:0")
     - ``pixel_size_m``: metres per pixel of the model's training frames, or None
     - ``trained_on``: what the model was trained on (sidecar/config), or None
+    - ``tile_sizes``: the tile sides a fully convolutional graph takes (None: ``tile`` only);
+      `use_tile` switches ``tile`` between them
+    - ``halo``: measured pixels from a tile border beyond which predictions stop changing, or None
     """
 
     name: str = "base"
@@ -53,6 +56,8 @@ class Backend(abc.ABC):
     device: str = "CPU"
     pixel_size_m: float | None = None
     trained_on: str | None = None  # dataset name, "synthetic", or None when the model does not say
+    tile_sizes: Sequence[int] | None = None
+    halo: int | None = None
 
     @abc.abstractmethod
     def infer(self, images: np.ndarray, ratio: np.ndarray) -> np.ndarray:
@@ -102,6 +107,23 @@ class Backend(abc.ABC):
         self.pixel_size_m = sc.pixel_size_m
         self.trained_on = sc.trained_on
         self.precision = sc.precision
+        self.tile_sizes = sc.tile_sizes() if sc.tile_multiple is not None else None
+        self.halo = sc.halo
+
+    def allowed_tiles(self) -> Sequence[int]:
+        """Tile sides ``infer`` can take (ascending): the fixed tile, or a fully convolutional graph's range."""
+        return self.tile_sizes if self.tile_sizes is not None else (self.tile,)
+
+    def use_tile(self, tile: int) -> None:
+        """Make ``infer`` take ``tile`` x ``tile`` tiles from now on; refuses a size the model does not take."""
+        sizes = self.allowed_tiles()
+        if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or int(tile) not in sizes:
+            if isinstance(sizes, range) and len(sizes) > 1:
+                allowed = f"multiples of {sizes.step} from {sizes.start} to {sizes[-1]}"
+            else:
+                allowed = "only " + ", ".join(map(str, sizes))
+            raise ValueError(f"tile {tile!r} is not a size the {self.name} model takes: {allowed}")
+        self.tile = int(tile)
 
     def check_batch(self, images: np.ndarray, ratio: np.ndarray) -> None:
         """Shape checks shared by all backends (cheap; catches wiring errors early)."""

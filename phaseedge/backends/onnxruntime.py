@@ -67,13 +67,7 @@ class OnnxRuntimeBackend(Backend):
         self.path = path
         self.sidecar = sidecar.load(path)  # read + kind + sha256, before parsing the graph
         sc = self.sidecar
-        self.tile = sc.tile
-        self.n_classes = sc.n_classes
-        self.class_names = tuple(sc.class_names)
-        self.normalization = dict(sc.normalization)
-        self.pixel_size_m = sc.pixel_size_m
-        self.trained_on = sc.trained_on
-        self.precision = sc.precision
+        self._take_sidecar(sc)
         self.max_batch = sc.batch[2]
         self.gpu_id = int(device)
 
@@ -95,7 +89,7 @@ class OnnxRuntimeBackend(Backend):
         if any(p in GPU_EPS for p in wanted) and not self.on_gpu:
             log.warning("onnxruntime fell back to the CPU: asked for %s, the session uses %s "
                         "(is CUDA/cuDNN installed for onnxruntime-gpu?)", wanted, list(self.providers))
-        self._bindings: dict[int, tuple[Any, Any, Any, Any]] = {}
+        self._bindings: dict[tuple[int, int], tuple[Any, Any, Any, Any]] = {}
 
     def _default_providers(self) -> list[str]:
         available = set(ort.get_available_providers())
@@ -107,9 +101,9 @@ class OnnxRuntimeBackend(Backend):
     def _provider_options(self, provider: str) -> dict[str, Any]:
         if provider == TRT_EP:
             lo, opt, hi = self.sidecar.batch
-            t, n = self.tile, self.n_classes
+            sizes, n = self.allowed_tiles(), self.n_classes
 
-            def shapes(b: int) -> str:
+            def shapes(b: int, t: int) -> str:
                 return f"{names.IMAGE}:{b}x1x{t}x{t},{names.RATIO}:{b}x{n}"
 
             cache = _cache_dir()
@@ -120,9 +114,9 @@ class OnnxRuntimeBackend(Backend):
                 "trt_engine_cache_path": str(cache),
                 "trt_timing_cache_enable": True,
                 "trt_timing_cache_path": str(cache),
-                "trt_profile_min_shapes": shapes(lo),
-                "trt_profile_opt_shapes": shapes(opt),
-                "trt_profile_max_shapes": shapes(hi),
+                "trt_profile_min_shapes": shapes(lo, sizes[0]),
+                "trt_profile_opt_shapes": shapes(opt, sizes[0]),
+                "trt_profile_max_shapes": shapes(hi, sizes[-1]),
             }
         if provider == CUDA_EP:
             return {"device_id": self.gpu_id, "cudnn_conv_algo_search": "HEURISTIC"}
@@ -136,7 +130,7 @@ class OnnxRuntimeBackend(Backend):
         ratio = np.ascontiguousarray(ratio, dtype=np.float32)
         if not self.on_gpu:
             return self._session.run([names.PROBS], {names.IMAGE: images, names.RATIO: ratio})[0]
-        binding, image_dev, ratio_dev, probs_dev = self._device_buffers(images.shape[0])
+        binding, image_dev, ratio_dev, probs_dev = self._device_buffers(images.shape[0], self.tile)
         image_dev.update_inplace(images)  # one host-to-device copy each, into fixed device buffers
         ratio_dev.update_inplace(ratio)
         self._session.run_with_iobinding(binding)
@@ -149,11 +143,11 @@ class OnnxRuntimeBackend(Backend):
             return self.infer_ahead(batches)
         return super().infer_many(batches)
 
-    def _device_buffers(self, batch: int) -> tuple[Any, Any, Any, Any]:
-        """I/O binding with device-resident inputs and output, one set per batch size (a
-        frame uses only a few sizes), so ``run`` makes no hidden copies or allocations."""
-        if batch not in self._bindings:
-            t, n, dev = self.tile, self.n_classes, self.gpu_id
+    def _device_buffers(self, batch: int, t: int) -> tuple[Any, Any, Any, Any]:
+        """I/O binding with device-resident inputs and output, one set per batch size and tile
+        (a frame uses only a few), so ``run`` makes no hidden copies or allocations."""
+        if (batch, t) not in self._bindings:
+            n, dev = self.n_classes, self.gpu_id
             image = ort.OrtValue.ortvalue_from_shape_and_type((batch, 1, t, t), np.float16, "cuda", dev)
             ratio = ort.OrtValue.ortvalue_from_shape_and_type((batch, n), np.float32, "cuda", dev)
             probs = ort.OrtValue.ortvalue_from_shape_and_type((batch, n, t, t), np.float16, "cuda", dev)
@@ -161,8 +155,8 @@ class OnnxRuntimeBackend(Backend):
             binding.bind_ortvalue_input(names.IMAGE, image)
             binding.bind_ortvalue_input(names.RATIO, ratio)
             binding.bind_ortvalue_output(names.PROBS, probs)
-            self._bindings[batch] = (binding, image, ratio, probs)
-        return self._bindings[batch]
+            self._bindings[batch, t] = (binding, image, ratio, probs)
+        return self._bindings[batch, t]
 
     def close(self) -> None:
         self._bindings = {}

@@ -302,7 +302,9 @@ class TensorRTBackend(Backend):
     ``model``: path to ``NAME.engine`` with ``NAME.engine.json`` beside it.
     ``device``: CUDA device index. ``max_batch``: cap below the engine's profile
     maximum (less pinned/device memory). ``runtime_cache``: TensorRT-RTX only, a file
-    that keeps the kernels it compiles on first use, so later starts are fast.
+    that keeps the kernels it compiles on first use, so later starts are fast. ``tile``: for an
+    engine whose profile covers a range of tile sizes, the one to run (default: the training
+    tile); the pinned and device buffers are sized for it.
     """
 
     name = "tensorrt"
@@ -313,6 +315,7 @@ class TensorRTBackend(Backend):
         device: int = 0,
         max_batch: int | None = None,
         runtime_cache: str | os.PathLike[str] | None = None,
+        tile: int | None = None,
     ) -> None:
         path = Path(model)
         if path.suffix != ".engine":
@@ -349,7 +352,11 @@ class TensorRTBackend(Backend):
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         else:
             self.max_batch = min(max_batch, sc.batch[2])
-        self.plan = plan_buffers(sc.inputs, sc.outputs, self.max_batch, min(sc.batch[0], self.max_batch))
+        if tile is not None:
+            self.use_tile(tile)
+        self.tile_sizes = None  # buffers are sized for this one tile
+        inputs, outputs = sidecar.io_specs(self.tile, sc.n_classes)
+        self.plan = plan_buffers(inputs, outputs, self.max_batch, min(sc.batch[0], self.max_batch))
         self.runtime_cache = None if runtime_cache is None else Path(runtime_cache)
         if self.runtime_cache is not None and self.target != "rtx":
             raise ValueError("runtime_cache is a TensorRT-RTX feature; this engine's target is 'tensorrt'")
@@ -439,6 +446,9 @@ class TensorRTBackend(Backend):
                     f"engine profile for {t.name!r} covers batch {int(pmin[0])}..{int(pmax[0])}, "
                     f"sidecar says {lo}..{hi}; {_REBUILD}"
                 )
+            if t.name == names.IMAGE and not int(pmin[2]) <= self.tile <= int(pmax[2]):
+                raise sidecar.SidecarError(f"engine profile covers tiles {int(pmin[2])}..{int(pmax[2])}, not the "
+                                           f"{self.tile} asked for; {_REBUILD}")
 
     def _create_context(self, engine: Any) -> Any:
         if self.runtime_cache is None:

@@ -67,7 +67,13 @@ class WatchedBackend(Backend):
         self.device = inner.device
         self.pixel_size_m = inner.pixel_size_m
         self.trained_on = inner.trained_on
+        self.tile_sizes = inner.tile_sizes
+        self.halo = inner.halo
         self.job: Job | None = None
+
+    def use_tile(self, tile: int) -> None:
+        self.inner.use_tile(tile)
+        self.tile = self.inner.tile
 
     def _before(self) -> None:
         if self.job is not None:

@@ -53,7 +53,6 @@ from phaseedge.napari.watch import Job, Superseded, WatchedBackend
 from phaseedge.normalize import check_frame
 from phaseedge.result import Result, palette
 from phaseedge.segmenter import AUTO, RATIO_MODES, Segmenter, default_model
-from phaseedge.tiling import TileGrid
 
 #: the bundled demo model, by the name the Segmenter knows it
 BUNDLED = "default"
@@ -61,10 +60,10 @@ BUNDLED = "default"
 DEBOUNCE_MS = 300
 #: how often the progress bar reads the running job's tile count
 PROGRESS_MS = 100
-#: frames of more tiles than this show the progress bar (small ones finish at once)
-PROGRESS_TILES = 16
+#: frames whose tiles hold more pixels than this (16 training tiles of the bundled model) show the
+#: progress bar (small ones finish at once)
+PROGRESS_PIXELS = 16 * 128 * 128
 SLIDER_MAX = 100
-OVERLAP = 0.25  # the Segmenter's default tile overlap
 LABELS_OPACITY = 0.5
 _ERROR_STYLE = "color: #ff6b6b;"
 
@@ -402,19 +401,20 @@ class PhaseEdgeWidget(QWidget):
 
     def _start(self, request: Request) -> None:
         assert self.backend is not None
-        tiles = TileGrid.for_frame(*request.shape, self.backend.tile, OVERLAP).n_tiles
+        segmenter = Segmenter(self.backend, ratio_mode=request.mode)  # the model's tiling
+        grid = segmenter.tiling_for(*request.shape)[0]
+        tiles = grid.n_tiles
         passes = 1 + (request.ratio == AUTO) + (request.mode == "local" and request.ratio is not None)
         job = Job(tiles * passes)  # an estimate: the calibrate survey and resampling are not counted
         self._job = job
         self.backend.job = job
-        segmenter = Segmenter(self.backend, overlap=OVERLAP, ratio_mode=request.mode)
         worker = create_worker(_run, segmenter, request.image, request.ratio, job,
                                _start_thread=False, _ignore_errors=True)
         worker.returned.connect(lambda out: self._done(job, request, *out))
         worker.errored.connect(lambda exc: self._failed(job, exc))
         worker.finished.connect(lambda: self._finished(job))
         self.progress.setValue(0)
-        self.progress.setVisible(tiles > PROGRESS_TILES)
+        self.progress.setVisible(tiles * grid.tile**2 > PROGRESS_PIXELS)
         self._poll.start()
         h, w = request.shape
         self._show_status(f"segmenting {request.layer.name} ({h}×{w}, {tiles} tiles)…")

@@ -50,6 +50,9 @@ class MLPBlock(nn.Module):
 class SegmentationModel(nn.Module):
     """Base of every registered model: config, PLM flag, trainable parameters, input checks."""
 
+    #: fully convolutional models take any tile side that is a multiple of this; None: ``tile`` only
+    tile_multiple: int | None = None
+
     def __init__(self, *, n_classes: int, tile: int, config: dict[str, Any]) -> None:
         super().__init__()
         self.n_classes = n_classes
@@ -75,7 +78,12 @@ class SegmentationModel(nn.Module):
             raise ValueError(
                 f"image must be [B,1,{t},{t}] (grey, normalised to [0,1]), got {list(image.shape)}"
             )
-        if image.shape[2] != t or image.shape[3] != t:
+        m = self.tile_multiple
+        if m is not None:
+            if image.shape[2] % m or image.shape[3] % m:
+                raise ValueError(f"image tiles must be multiples of {m} on each side for this model, "
+                                 f"got {image.shape[2]}x{image.shape[3]}")
+        elif image.shape[2] != t or image.shape[3] != t:
             raise ValueError(
                 f"image tiles must be {t}x{t} for this model (built with tile={t}), "
                 f"got {image.shape[2]}x{image.shape[3]}"

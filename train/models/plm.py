@@ -23,11 +23,25 @@ import torch
 from torch import nn
 
 
-def coordinates(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """CoordConv's x and y channels, in [-1, 1] across the tile: [h, w] each."""
-    ys = torch.linspace(-1.0, 1.0, h, device=like.device, dtype=like.dtype)
-    xs = torch.linspace(-1.0, 1.0, w, device=like.device, dtype=like.dtype)
-    return xs.view(1, w).expand(h, w), ys.view(h, 1).expand(h, w)
+def coordinates(h: int, w: int, like: torch.Tensor, span: tuple[int, int] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CoordConv's x and y channels, [h, w] each: linspace(-1, 1) across a map of the training
+    size ``span`` (default: (h, w)). A larger map (a bigger tile of a fully convolutional model)
+    gets the same two half-ramps anchored at its borders and 0, the training tile's centre, in
+    between: each pixel sees the coordinates it saw in training at its distance from the border,
+    whatever the tile size, and at the training size nothing changes (docs/tiling.md)."""
+    sh, sw = span or (h, w)
+    return _axis(w, sw, like).view(1, w).expand(h, w), _axis(h, sh, like).view(h, 1).expand(h, w)
+
+
+def _axis(n: int, span: int, like: torch.Tensor) -> torch.Tensor:
+    """linspace(-1, 1, span)'s first ceil(span/2) values at the start, its last floor(span/2) at
+    the end, 0 between (index arithmetic, so the training size reproduces linspace exactly)."""
+    ramp = torch.cat([torch.linspace(-1.0, 1.0, span, device=like.device, dtype=like.dtype),
+                      torch.zeros(1, device=like.device, dtype=like.dtype)])
+    i = torch.arange(n, device=like.device)
+    j = torch.where(i < (span + 1) // 2, i, torch.where(i >= n - span // 2, i - (n - span), span))
+    return ramp[j]
 
 
 class FeatureAggregator(nn.Module):
@@ -53,10 +67,11 @@ class FeatureAggregator(nn.Module):
 class PhaseLearningModule(nn.Module):
     """features [B,C,h,w], ratio [B,n] -> features [B,C,h,w]."""
 
-    def __init__(self, channels: int, n_classes: int, hidden: int = 128) -> None:
+    def __init__(self, channels: int, n_classes: int, hidden: int = 128, span: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.channels = channels
         self.n_classes = n_classes
+        self.span = span  # feature-map size at the training tile (CoordConv coordinates); None: any map
         # FE: "a convolutional layer that concentrates the image features into n channels".
         self.fe = nn.Conv2d(channels, n_classes, kernel_size=1)
         # SA: one CoordConv per phase (phase map + x + y -> C); groups=n runs them as one conv.
@@ -72,7 +87,7 @@ class PhaseLearningModule(nn.Module):
         b, _, h, w = features.shape
         n = self.n_classes
         phases = self.fe(features)  # [B,n,h,w]
-        xx, yy = coordinates(h, w, features)
+        xx, yy = coordinates(h, w, features, self.span)
         # Interleave per phase: [P_0, x, y, P_1, x, y, ...] so group i sees phase i + coordinates.
         coord_input = torch.stack(
             [phases, xx.expand(b, n, h, w), yy.expand(b, n, h, w)], dim=2

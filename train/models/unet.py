@@ -87,7 +87,9 @@ class UNet(SegmentationModel):
             nn.ModuleList(AttentionGate(chans[i]) for i in reversed(range(depth))) if attention else None
         )
         plm_channels = chans[-1] if plm_at == "bottleneck" else width
-        self.plm = PhaseLearningModule(plm_channels, n_classes) if plm else None
+        span = tile // 2**depth if plm_at == "bottleneck" else tile
+        self.plm = PhaseLearningModule(plm_channels, n_classes, span=(span, span)) if plm else None
+        self.tile_multiple = 2**depth  # fully convolutional: any multiple of 2**depth (export/onnx_export.py)
         self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
 
     def forward(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
