@@ -13,8 +13,8 @@ PyTorch eager fp32 (the baseline), ONNX Runtime on the CPU, CUDA and TensorRT
 execution providers, and a TensorRT engine (``--engine`` or ``--model X.engine``).
 ``--backend tiling`` compares tilings instead, on ONNX Runtime's CPU provider: the
 training tile with overlap 0.25 and Gaussian blending (the tiling before big tiles: the
-baseline), the Segmenter's default (big tiles, halo overlap), and that with an INT8 graph
-(``--int8``). Every variant reports the tiles it actually used and its floor at them;
+baseline), the Segmenter's default (big tiles, halo overlap), and that with each INT8 graph
+given (``--int8``, one variant per graph, named by its activation type). Every variant reports the tiles it actually used and its floor at them;
 ``--dice`` adds macro Dice on an unseen synthetic frame (DICE_SEED) for each.
 """
 
@@ -41,7 +41,7 @@ BACKEND_CHOICES = ("auto", "onnxruntime", "torch", "tensorrt", "all", "tiling")
 #: keys of the variants ``--backend all`` tries, baseline first
 ALL_VARIANTS = ("torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
 #: keys of ``--backend tiling``, baseline first
-TILING_VARIANTS = ("ort-train-tile", "ort-big", "ort-big-int8")
+TILING_VARIANTS = ("ort-train-tile", "ort-big", "ort-big-int8")  # one ort-big-<activations> per --int8 graph
 #: the frame ``--dice`` scores each variant on: the bundled model's held-out seed (docs/results.md)
 DICE_SEED = 31337
 #: Segmenter stages that are model work (everything else is the pipeline around it)
@@ -65,7 +65,7 @@ class Variant:
 # ------------------------------------------------------------------ variants
 def plan_variants(which: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | None,
                   device: int = 0, threads: int | None = None, graph_flops: int | None = None,
-                  int8: Path | None = None) -> list[Variant]:
+                  int8: list[Path] | None = None) -> list[Variant]:
     """The variants ``--backend which`` asks for, each buildable or carrying its skip reason."""
     if which == "tiling":
         return _tiling_variants(spec, int8, threads)
@@ -135,15 +135,20 @@ def _variant(key: str, spec: ModelSpec, engine: Path | None, torch_ckpt: Path | 
     raise ValueError(f"unknown variant {key!r}")
 
 
-def _tiling_variants(spec: ModelSpec, int8: Path | None, threads: int | None) -> list[Variant]:
-    """Today's tiling (training tile, overlap 0.25, Gaussian), big tiles, big tiles + INT8, on the CPU."""
+def _tiling_variants(spec: ModelSpec, int8: list[Path] | None, threads: int | None) -> list[Variant]:
+    """Today's tiling (training tile, overlap 0.25, Gaussian), big tiles, big tiles + each INT8 graph, on the CPU."""
+    from phaseedge import sidecar
+
     cpu = {"providers": ["CPUExecutionProvider"], **({"threads": threads} if threads else {})}
+    quantized = []
+    for path in int8 or [None]:
+        act = sidecar.read(path).quantization.get("activations", "int8") if path is not None else "int8"
+        quantized.append((f"ort-big-{act}", f"big tiles + INT8 ({act} activations)", path, {}))
     out = []
     for key, label, path, tiling in (
             ("ort-train-tile", f"tile {spec.tile}, overlap 0.25, gaussian (baseline)", spec.path,
              {"overlap": 0.25, "blend": "gaussian"}),
-            ("ort-big", "big tiles (default)", spec.path, {}),
-            ("ort-big-int8", "big tiles + INT8", int8, {})):
+            ("ort-big", "big tiles (default)", spec.path, {}), *quantized):
         v = Variant(key, label, tiling=tiling)
         if spec.kind != "onnx":
             v.skip = f"--model is a {spec.kind}, not an ONNX graph"
@@ -444,7 +449,8 @@ def add_parser(subparsers) -> None:
                    help="tile overlap in [0, 1) (default: the Segmenter's, 2 x the model's halo or 0.25)")
     p.add_argument("--tile", type=int, default=None, help="tile side (default: the one the Segmenter picks)")
     p.add_argument("--halo", type=int, default=None, help="halo in pixels (default: the model's measured one)")
-    p.add_argument("--int8", type=Path, default=None, help="INT8 graph of the model (--backend tiling)")
+    p.add_argument("--int8", type=Path, nargs="+", default=None,
+                   help="INT8 graph(s) of the model (phaseedge-export int8), each a variant of --backend tiling")
     p.add_argument("--dice", action="store_true",
                    help=f"also score each variant on an unseen synthetic frame (seed {DICE_SEED}) of the frame size")
     p.add_argument("--ratio-mode", choices=("global", "local", "calibrate", "none"), default="global",

@@ -3,6 +3,7 @@
     phaseedge-export onnx CKPT_DIR -o model.onnx [--batch 1:4:8] [--opset 18] [--max-tile 2048]
     phaseedge-export dynamic fixed.onnx -o model.onnx [--max-tile 2048] [--coords border|stretch]
     phaseedge-export halo model.onnx
+    phaseedge-export int8 model.onnx --calib DIR -o model.int8.onnx [--calib-frames N] [--activations int8|uint8]
     phaseedge-export fp16 model.onnx -o model.fp16.onnx
     phaseedge-export trt model.fp16.onnx -o model.engine --batch 1:4:8 [--target tensorrt|rtx] [--tiles 128:1072:2048]
     phaseedge-export check model.onnx [--fp16 model.fp16.onnx] [--engine model.engine]
@@ -102,6 +103,21 @@ def cmd_halo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_int8(args: argparse.Namespace) -> int:
+    from phaseedge.export import int8
+
+    t0 = time.perf_counter()
+    sc = int8.quantize_checked(args.model, args.output, args.calib, calib_frames=args.calib_frames,
+                               activations=args.activations, min_agreement=args.min_agreement,
+                               max_shift_pp=args.max_fraction_shift, threads=args.threads)
+    q = sc.quantization
+    out = Path(args.output)
+    print(f"wrote {out} ({_size(out)}, from {_size(Path(args.model))}, {q['activations']} activations"
+          f"{', TensorRT-compatible Q/DQ' if q['tensorrt_compatible'] else ', ONNX Runtime only'}) in "
+          f"{time.perf_counter() - t0:.1f}s + sidecar (agreement {q['argmax_agreement']:.4%})")
+    return 0
+
+
 def cmd_fp16(args: argparse.Namespace) -> int:
     from phaseedge.export import fp16
 
@@ -192,6 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("model", help=".onnx that takes any tile size, with its sidecar")
     h.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)")
     h.set_defaults(func=cmd_halo)
+
+    q = sub.add_parser("int8", help="INT8 Q/DQ graph (ONNX Runtime static quantisation), written only if it "
+                                    "keeps the labels on held-out frames")
+    q.add_argument("model", help="fp32 .onnx with its sidecar")
+    q.add_argument("--calib", required=True, type=Path,
+                   help="folder of frames: the first --calib-frames calibrate, the rest are held out for the check")
+    q.add_argument("-o", "--output", required=True, help="output .onnx path")
+    q.add_argument("--calib-frames", type=_positive_int, default=None, help="frames to calibrate on (default: half)")
+    q.add_argument("--activations", choices=("int8", "uint8"), default="int8",
+                   help="int8: symmetric, TensorRT accepts it (default); uint8: ONNX Runtime's fastest CPU kernels")
+    q.add_argument("--min-agreement", type=float, default=0.995,
+                   help="least argmax agreement with fp32 on the held-out frames (default 0.995)")
+    q.add_argument("--max-fraction-shift", type=_positive_float, default=0.3, metavar="PP",
+                   help="largest phase-fraction change allowed, percentage points (default 0.3)")
+    q.add_argument("--threads", type=int, default=None, help="ONNX Runtime CPU threads (default: all cores)")
+    q.set_defaults(func=cmd_int8)
 
     f = sub.add_parser("fp16", help="convert an fp32 graph to fp16 (LayerNorm/Softmax/reductions kept fp32)")
     f.add_argument("model", help="fp32 .onnx from 'phaseedge-export onnx'")
