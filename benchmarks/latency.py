@@ -423,7 +423,7 @@ def print_report(report: dict[str, Any]) -> None:
         ratio = best.get("speedup_vs_baseline")
         print(f"RESULT fastest {best['name']} on {best.get('device')}: p50 {best['p50_ms']:.1f} ms/frame, "
               f"{best['megapixels_per_s']:.2f} MP/s, efficiency {best['pipeline_efficiency']:.2f}"
-              + (f", {ratio:.2f}x the PyTorch baseline" if ratio else ""))
+              + (f", {ratio:.2f}x the baseline" if ratio else ""))
 
 
 def add_parser(subparsers) -> None:

@@ -205,6 +205,12 @@ def model_info(model: str) -> dict[str, Any]:
            "class_names": list(sc.class_names), "tile": sc.tile, "pixel_size_m": sc.pixel_size_m,
            "normalization": sc.normalization, "precision": sc.precision, "batch": list(sc.batch),
            "trained_on": sc.trained_on, "metrics": sc.metrics, "created": sc.created_at}
+    if sc.tile_multiple is not None:
+        out["tile_sizes"] = f"{sc.tile}..{sc.max_tile} in steps of {sc.tile_multiple}"
+        out["halo"] = sc.halo
+    if sc.quantization:
+        out["quantization"] = {k: sc.quantization.get(k) for k in ("activations", "argmax_agreement",
+                                                                    "max_fraction_shift_pp_measured")}
     if sc.engine is not None:
         out["engine"] = {"target": sc.engine.target, "tensorrt_version": sc.engine.tensorrt_version,
                          "gpu_name": sc.engine.gpu_name, "compute_capability": sc.engine.compute_capability}

@@ -55,13 +55,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"phaseedge demo: the bundled model's classes {list(seg.class_names)} are not the synthetic "
               f"phases {synth.class_names(n)}", file=sys.stderr)
         return 2
-    print(f"model {model.name}: {n} classes {list(seg.class_names)}, tile {seg.tile}, {seg.backend.device}, "
+    print(f"model {model.name}: {n} classes {list(seg.class_names)}, {seg.backend.device}, "
           f"loaded in {load_s:.2f} s")
 
     t = time.perf_counter()
     image, truth = synth.micrograph((height, width), n_phases=n, seed=args.seed, dtype=np.uint16)
     print(f"synthetic frame {width}x{height} uint16 (seed {args.seed}) in {time.perf_counter() - t:.1f} s")
     true_ratio = metrics.fractions(truth, n)
+    grid, blend = seg.tiling_for(height, width)
+    print(f"tiles: {grid.n_tiles} of {grid.tile} px ({grid.n_tiles * grid.tile**2 / image.size:.2f}x the frame's "
+          f"pixels), {blend} blending")
     with seg:
         result = seg.segment(image, ratio=true_ratio if args.with_ratio else None)
 
