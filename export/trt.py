@@ -306,14 +306,14 @@ def build_engine(
     src = sidecar_mod.load(onnx_path)  # the engine inherits classes, tile, normalisation, precision
     if src.kind != "onnx":
         raise ValueError(f"{onnx_path} is not an ONNX graph")
-    if src.quantization and not src.quantization.get("tensorrt_compatible", False):
-        raise BuildError(f"{onnx_path.name} was quantised with {src.quantization.get('activations')} activations for "
-                         "ONNX Runtime; TensorRT takes only symmetric int8 Q/DQ (zero point 0): "
-                         "phaseedge-export int8 --activations int8")
     dev = device_info(device)
     if target == "tensorrt" and dev is None:
         raise BuildError("the TensorRT builder needs an NVIDIA GPU and none was found; "
                          "use --target rtx (TensorRT-RTX builds without a GPU) or build on the target machine")
+    if src.quantization and not src.quantization.get("tensorrt_compatible", False):
+        raise BuildError(f"{onnx_path.name} was quantised with {src.quantization.get('activations')} activations for "
+                         "ONNX Runtime; TensorRT takes only symmetric int8 Q/DQ (zero point 0): "
+                         "phaseedge-export int8 --activations int8")
     if dev is not None and device != 0:  # TensorRT builds on the calling thread's current device (0 by default)
         from phaseedge import cuda_mem
 
