@@ -186,7 +186,7 @@ def test_newer_request_supersedes_a_running_one(widget, viewer, frame):
 
 
 def test_large_frame_shows_progress(widget, viewer):
-    big = synth.micrograph((640, 1400), n_phases=3, seed=4, dtype=np.uint8)[0]  # 2 tiles of 736 (1.1 Mpx)
+    big = synth.micrograph((640, 1500), n_phases=3, seed=4, dtype=np.uint8)[0]  # 3 tiles of 640, in 2 batches
     viewer.add_image(big, name="big")
     seen = []
     widget.progress.valueChanged.connect(lambda v: seen.append((v, widget.progress.isHidden())))
