@@ -11,7 +11,7 @@ extra pass, not two.
   estimates fitted (Sinkhorn) so their area-weighted total is the frame ratio.
 - ``calibrate``: the frame ratio to every tile (as global), then the class priors shifted
   (`phaseedge.ratio.prior_shift`) so the predicted fractions match the ratio, the shift
-  estimated on a strided pixel sample of at most CALIBRATE_TILES tiles run with that ratio.
+  estimated on a strided pixel sample of tiles covering about CALIBRATE_PIXELS, run with that ratio.
   The one prior-shift calibration of phaseedge: `phaseedge-train eval --calibrate` uses it too.
 - ``none``: the ratio is ignored.
 
@@ -34,8 +34,9 @@ from phaseedge.tiling import TileGrid
 RATIO_MODES = ("global", "local", "calibrate", "none")
 #: ``ratio="auto"``: estimate the frame's fractions with a ratio-free pass, then use them as the ratio
 AUTO = "auto"
-#: tiles the calibrate mode's first pass looks at (evenly spread over the grid)
-CALIBRATE_TILES = 32
+#: tile pixels the calibrate mode's first pass looks at (whole tiles, evenly spread over the grid):
+#: 32 tiles of 128², 8 of 256², 1 of 1056² — a fixed cost, not a share of the frame
+CALIBRATE_PIXELS = 1 << 19
 #: pixel stride inside each of those tiles when sampling probabilities for the prior shift
 CALIBRATE_STRIDE = 4
 
@@ -80,12 +81,13 @@ class Survey:
         return (self.tile_fractions() * area[:, None]).sum(axis=0) / area.sum()
 
     def probability_sample(self, ratio: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities of a strided pixel sample from up to CALIBRATE_TILES tiles, each fed
+        """Probabilities of a strided pixel sample from tiles covering about CALIBRATE_PIXELS, each fed
         ``ratio`` (None: ratio-free), class axis first ([n, m]): what the prior shift is estimated on."""
         key = None if ratio is None else np.asarray(ratio, np.float32).tobytes()
         if key not in self._samples:
             g, (h, w) = self.grid, self.frame.shape
-            pick = np.unique(np.round(np.linspace(0, g.n_tiles - 1, min(CALIBRATE_TILES, g.n_tiles))).astype(int))
+            k = min(g.n_tiles, max(1, -(-CALIBRATE_PIXELS // (g.tile * g.tile))))
+            pick = np.unique(np.round(np.linspace(0, g.n_tiles - 1, k)).astype(int))
             sub = np.ascontiguousarray(g.origins[pick])
             bs = self.batch_size
             batches = [slice(i, min(i + bs, len(sub))) for i in range(0, len(sub), bs)]

@@ -252,7 +252,10 @@ def test_ratio_modes_use_the_ratio(ratio_graph):
     assert all(np.array_equal(v, res["none"].labels) for v in free.values())
 
 
-def test_local_mode_runs_two_passes_and_calibrate_a_sampled_one():
+def test_local_mode_runs_two_passes_and_calibrate_a_sampled_one(monkeypatch):
+    from phaseedge import strategies
+
+    monkeypatch.setattr(strategies, "CALIBRATE_PIXELS", 32 * 16 * 16)  # 32 of this grid's 16-px tiles
     img = _frame((100, 100), seed=2)
     counts = {}
     for mode in ("global", "local", "calibrate"):
