@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from phaseedge import sidecar as _sidecar
+from phaseedge.checkpoint_config import read_config
 
 
 @dataclass(frozen=True)
@@ -62,16 +63,13 @@ def resolve(model: str | Path) -> ModelSpec:
 
 
 def _from_checkpoint(path: Path) -> ModelSpec:
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{path} is a directory without config.json: not a phaseedge checkpoint")
+    cfg = read_config(path)
     try:
-        cfg = json.loads(config_path.read_text(encoding="utf-8"))
         return ModelSpec(path=path, kind="checkpoint", architecture=cfg["architecture"], plm=bool(cfg["plm"]),
                          n_classes=int(cfg["n_classes"]), class_names=tuple(cfg["class_names"]),
                          tile=int(cfg["tile"]), precision="fp32", arch_kwargs=dict(cfg.get("arch_kwargs", {})))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{config_path} is not a valid checkpoint config: {e}") from e
+        raise ValueError(f"{path / 'config.json'} is not a valid checkpoint config: {e}") from e
 
 
 def torch_model(spec: ModelSpec, checkpoint: str | Path | None = None, expect_flops: int | None = None):

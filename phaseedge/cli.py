@@ -192,10 +192,9 @@ def model_info(model: str) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"model not found: {path}")
     if path.is_dir():
-        cfg_path = path / "config.json"
-        if not cfg_path.is_file():
-            raise FileNotFoundError(f"{path} is a folder without config.json: not a checkpoint")
-        cfg = json.loads(cfg_path.read_text())
+        from phaseedge.checkpoint_config import read_config
+
+        cfg = read_config(path)
         return {"model": str(path), "kind": "checkpoint", "architecture": cfg.get("architecture"),
                 "plm": cfg.get("plm"), "class_names": cfg.get("class_names"), "tile": cfg.get("tile"),
                 "pixel_size_m": cfg.get("pixel_size_m"), "normalization": cfg.get("normalization"),

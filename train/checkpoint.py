@@ -13,17 +13,16 @@ from typing import Any
 
 import torch
 from phaseedge.train.models import build_model
-from phaseedge.train.models.common import FORMAT_VERSION, SegmentationModel
+from phaseedge.train.models.common import SegmentationModel
 from phaseedge.train.models.sam import LoRASam
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from phaseedge.checkpoint_config import CONFIG, read_config
+
+__all__ = ["CONFIG", "WEIGHTS", "load", "read_config", "save"]
+
 WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
-_REQUIRED = (
-    "format_version", "architecture", "arch_kwargs", "n_classes", "class_names", "tile", "plm",
-    "normalization", "lora_rank", "lora_alpha", "merged",
-)  # fmt: skip
 
 
 def save(
@@ -56,25 +55,6 @@ def save(
     )
     (directory / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     return directory
-
-
-def read_config(directory: str | Path) -> dict[str, Any]:
-    """config.json of a checkpoint directory, checked for the fields load() needs."""
-    path = Path(directory) / CONFIG
-    if not path.is_file():
-        raise FileNotFoundError(f"no {CONFIG} in checkpoint directory {directory}")
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    missing = [k for k in _REQUIRED if k not in config] if isinstance(config, dict) else list(_REQUIRED)
-    if missing:
-        raise ValueError(f"{path} lacks {', '.join(missing)}")
-    if config["format_version"] != FORMAT_VERSION:
-        raise ValueError(
-            f"{path}: format_version {config['format_version']} is not supported ({FORMAT_VERSION} is)"
-        )
-    return config
 
 
 def load(directory: str | Path, map_location: str | torch.device = "cpu") -> SegmentationModel:

@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from phaseedge.checkpoint_config import FORMAT_VERSION
 from phaseedge.normalize import METHOD as NORMALIZATION
 
-FORMAT_VERSION = 1
 # NORMALIZATION: the per-frame percentile normalisation done before the model
 # (phaseedge.normalize), recorded in every config so the runtime normalises exactly as training did.
 
