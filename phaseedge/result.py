@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import itertools
 import math
@@ -75,6 +76,9 @@ class Result:
     ratio_mode: str = "global"
     backend: str = ""
     ratio_source: str | None = None  # "given", "auto" (estimated by the model), "partial" (named + estimated), None
+    # fraction_uncertainty() by its arguments: the CLI's JSON and overlay legend ask for it twice;
+    # not an init field, so dataclasses.replace (within) starts a fresh one
+    _uncertainty: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def fraction_vector(self) -> np.ndarray:
@@ -90,6 +94,12 @@ class Result:
         (label 255) are left out. With probabilities, ``soft`` is the expected fraction (mean
         probability) beside the argmax count.
         """
+        key = (int(cells), float(level))
+        if key not in self._uncertainty:
+            self._uncertainty[key] = self._fraction_uncertainty(*key)
+        return copy.deepcopy(self._uncertainty[key])
+
+    def _fraction_uncertainty(self, cells: int, level: float) -> dict[str, dict[str, float]]:
         from phaseedge.outputs import EXCLUDED
 
         if not 0 < level < 1:
