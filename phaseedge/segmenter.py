@@ -27,6 +27,7 @@ from phaseedge import strategies, tiling
 from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend, is_remote
 from phaseedge.bundled import SYNTHETIC_WARNING, default_model
 from phaseedge.jobs import CLOSED, JobQueue
+from phaseedge.metrics import fractions_from_counts
 from phaseedge.prepare import Prepared, prepare
 from phaseedge.resample import to_shape
 from phaseedge.result import Result
@@ -283,8 +284,7 @@ class Segmenter:
                 counts = np.bincount(labels.ravel(), minlength=backend.n_classes).astype(np.int64)
                 probs = probs if want_probs else None
             timings["total"] = time.perf_counter() - t0 + p.seconds
-        total = max(int(counts.sum()), 1)
         names = tuple(backend.class_names)
-        return Result(labels=labels, fractions={c: int(k) / total for c, k in zip(names, counts)},
+        return Result(labels=labels, fractions=dict(zip(names, fractions_from_counts(counts).tolist())),
                       class_names=names, counts=counts, timings=timings, probabilities=probs, ratio=r,
                       ratio_mode=self.ratio_mode, backend=backend.name, ratio_source=source)
