@@ -119,6 +119,54 @@ def test_best_checkpoint_and_log(frames, tmp_path):
         fit(_cfg(epochs=1), train, val, out, progress=False)
 
 
+def test_ema_is_what_validation_scores_and_best_keeps(frames, tmp_path):
+    """With ``ema`` the best checkpoint holds the weight average, not the last weights; the
+    average survives a stop and resume bit for bit; a plain run cannot be resumed with ema."""
+    from safetensors.torch import load_file
+
+    train, val = frames
+    one = tmp_path / "one"
+    fit(_cfg(epochs=1, ema=0.9), train, val, one, progress=False)  # one epoch: it is the best
+    average = load_file(str(one / "state" / "ema.safetensors"))
+    last = load_file(str(one / "state" / "trainable.safetensors"))
+    kept = load_file(str(one / "best" / "trainable.safetensors"))
+    assert int(average["ema.n_averaged"]) == 2  # 8 crops / batch 4 = 2 steps
+    assert kept.keys() == last.keys()
+    moved = [k for k in last if last[k].is_floating_point() and not torch.equal(average[k], last[k])]
+    assert moved  # the average lags the trained weights...
+    for k in kept:  # ...and it is what best/ keeps
+        torch.testing.assert_close(kept[k], average[k], rtol=0, atol=0, msg=k)
+
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    fit(_cfg(epochs=2, ema=0.9), train, val, straight, progress=False)
+    assert fit(_cfg(epochs=2, ema=0.9, max_minutes=1e-6), train, val, split, progress=False)["stopped_by_time"]
+    fit(_cfg(epochs=2, ema=0.9), train, val, split, resume=True, progress=False)
+    a, b = (load_file(str(d / "state" / "ema.safetensors")) for d in (straight, split))
+    assert a.keys() == b.keys() and int(a["ema.n_averaged"]) == 4
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+    plain = tmp_path / "plain"
+    fit(_cfg(epochs=1), train, val, plain, progress=False)
+    with pytest.raises(ValueError, match="without ema"):
+        fit(_cfg(epochs=2, ema=0.9), train, val, plain, resume=True, progress=False)
+
+
+def test_ema_decay_warms_up_so_the_initial_weights_fade():
+    """The first updates follow the live weights (decay (1 + n) / (10 + n)), later ones average
+    at the configured decay; integer buffers are copied."""
+    from phaseedge.train.loop import ema_update
+
+    update = ema_update(0.999)
+    for n, decay in ((0, 0.1), (1, 2 / 11), (100, 101 / 110), (10**6, 0.999)):
+        a = [torch.zeros(3)]
+        update(a, [torch.ones(3)], torch.tensor(n))
+        torch.testing.assert_close(a[0], torch.full((3,), 1.0 - decay))
+    counts = [torch.tensor(4)]
+    update(counts, [torch.tensor(9)], torch.tensor(5))
+    assert int(counts[0]) == 9
+
+
 def test_time_budget_stops_cleanly(frames, tmp_path):
     train, val = frames
     summary = fit(_cfg(epochs=50, max_minutes=1e-4, plm=False), train, val, tmp_path / "t", progress=False)
@@ -176,6 +224,9 @@ def test_bad_settings_are_refused():
         FitConfig.from_dict({"ratio": {"alpha_min": 1.5}})
     with pytest.raises(ValueError, match="batch_size"):
         FitConfig.from_dict({"batch_size": 0})
+    for bad in (1.0, 0, -0.5, True, "0.999"):
+        with pytest.raises(ValueError, match="ema"):
+            FitConfig.from_dict({"ema": bad})
 
 
 def test_set_overrides_nested_config_settings(tmp_path):

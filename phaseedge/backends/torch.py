@@ -72,7 +72,7 @@ class TorchBackend(Backend):
     def infer(self, images: np.ndarray, ratio: np.ndarray) -> np.ndarray:
         self.check_batch(images, ratio)
         x = torch.from_numpy(np.asarray(images, np.float32)).to(self._torch_device)
-        r = torch.from_numpy(np.ascontiguousarray(ratio, np.float32)).to(self._torch_device)
+        r = torch.tensor(np.asarray(ratio, np.float32), device=self._torch_device)  # a copy: ratios may be read-only
         was_training = self.module.training
         self.module.eval()  # a module handed over from training must not update BN statistics
         try:
