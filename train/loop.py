@@ -271,7 +271,10 @@ def ema_update(decay: float):
         steps = float(n)
         d = min(decay, (1.0 + steps) / (10.0 + steps))
         for a, c in zip(averaged, current, strict=True):
-            a.lerp_(c, 1.0 - d) if a.is_floating_point() else a.copy_(c)
+            if a.is_floating_point():
+                a.lerp_(c, 1.0 - d)
+            else:
+                a.copy_(c)
 
     return update
 
