@@ -69,9 +69,9 @@ class Segmenter:
                  halo: int | None = None) -> None:
         self.overlap = None if overlap is None else validate_overlap(overlap)
         self.blend = None if blend is None else validate_blend(blend)
-        for key, value in (("tile", tile), ("halo", halo)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
-                raise ValueError(f"{key} must be a whole number of pixels or None, got {value!r}")
+        for key, value, least in (("tile", tile, 1), ("halo", halo, 0)):  # tile 0 would read as "unset"
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise ValueError(f"{key} must be a whole number of pixels >= {least} or None, got {value!r}")
         if overlap is not None and halo is not None:
             raise ValueError("give overlap (a fraction of the tile) or halo (pixels), not both")
         self.requested_tile, self.halo = tile, halo

@@ -63,8 +63,9 @@ def test_tile_sizes_a_model_does_not_take_are_refused_with_the_sizes_it_does(gra
         seg.segment(_frame((50, 50)))
     with pytest.raises(ValueError, match="not both"):
         Segmenter(graphs["affine"], overlap=0.25, halo=4)
-    with pytest.raises(ValueError, match="tile"):
-        Segmenter(graphs["affine"], tile=-8)
+    for bad in (-8, 0):  # 0 is not "unset": plan would otherwise pick a tile itself
+        with pytest.raises(ValueError, match="tile must be a whole number of pixels >= 1"):
+            Segmenter(graphs["affine"], tile=bad)
 
 
 def test_a_sidecar_range_must_fit_the_training_tile(graphs):
