@@ -18,6 +18,7 @@ SUBCOMMANDS: tuple[str, ...] = (
     "phaseedge.train.fit",
     "phaseedge.train.evaluate",
     "phaseedge.train.importer",
+    "phaseedge.train.ensemble",
 )  # fmt: skip
 
 

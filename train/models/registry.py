@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from phaseedge.train.models.common import SegmentationModel, make_config
+from phaseedge.train.models.ensemble import ENSEMBLE, Ensemble
 from phaseedge.train.models.sam import LoRASam
 from phaseedge.train.models.unet import PLM_PLACEMENTS, UNet
 
@@ -93,9 +94,13 @@ def build_model(
     """Build a registered model in train mode.
 
     SAM models accept ``lora_rank`` (0 = no LoRA) and ``lora_alpha`` (default = rank, scale 1);
-    U-Nets accept ``width`` and ``depth``. Weights are random; load SAM's with
-    ``load_sam_checkpoint`` and trained ones with ``phaseedge.train.checkpoint.load``.
+    U-Nets accept ``width`` and ``depth``; ``"ensemble"`` takes ``members`` (each member's
+    ``{"architecture", "arch_kwargs", "merged"}``, as its config.json has them). Weights are
+    random; load SAM's with ``load_sam_checkpoint`` and trained ones with
+    ``phaseedge.train.checkpoint.load`` (`phaseedge.train.ensemble` makes an ensemble of those).
     """
+    if name == ENSEMBLE:
+        return _build_ensemble(n_classes, plm, tile, overrides)
     if name not in SAM_SPECS and name not in UNET_SPECS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODEL_NAMES)}")
     if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
@@ -179,3 +184,24 @@ def _build_unet(
         config=config,
         attention=spec.attention,
     )
+
+
+def _build_ensemble(n_classes: int, plm: bool, tile: int | None, overrides: dict[str, Any]) -> Ensemble:
+    _check_overrides(ENSEMBLE, overrides, ("members",))
+    specs = overrides.get("members")
+    if not isinstance(specs, list) or len(specs) < 2:
+        raise ValueError(f"an ensemble needs a list of at least 2 members, got {specs!r}")
+    members = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or set(spec) != {"architecture", "arch_kwargs", "merged"}:
+            raise ValueError(f"ensemble member {i} must be {{architecture, arch_kwargs, merged}}, got {spec!r}")
+        if spec["architecture"] == ENSEMBLE:
+            raise ValueError(f"ensemble member {i} is itself an ensemble: list its members instead")
+        member = build_model(spec["architecture"], n_classes, plm=plm, tile=tile, **spec["arch_kwargs"])
+        if spec["merged"] and isinstance(member, LoRASam):
+            member.merge()  # fresh adapters are zero: merging only removes them, matching the saved keys
+        members.append(member)
+    config = make_config(architecture=ENSEMBLE, arch_kwargs={"members": [dict(s) for s in specs]},
+                         n_classes=n_classes, tile=members[0].tile, plm=plm)
+    config["merged"] = True  # members are stored as they are (LoRA folded where it was)
+    return Ensemble(members, config)
