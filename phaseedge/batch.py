@@ -57,7 +57,7 @@ class Settings:
     batch_size: int | None = None
     ratio_mode: str = "global"
     ratio: Any = None  # as ``phaseedge segment --ratio`` parses it (checked against the model's classes)
-    tta: bool = False
+    tta: bool | str | None = False
     crop: tuple[int, int] | None = None
     keep_band: bool = False
     overlay: bool = False

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from phaseedge import __version__
+from phaseedge import tta as tta_mod
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_UNUSABLE = 0, 1, 2
 
@@ -118,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--ratio-file", type=Path, default=None,
                      help="CSV with one row per image: image,<phase>,<phase>,... (overrides --ratio for "
                           "the images it lists)")
-    seg.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, slower)")
+    seg.add_argument("--tta", nargs="?", const="flips", choices=tta_mod.MODES, default=None,
+                     help="test-time augmentation: flips (4 passes, the default) or d4 (8: also rotations); slower")
     seg.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
     _tiling_args(seg)
     seg.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"))
@@ -154,7 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch", "triton"))
     bat.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     bat.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
-    bat.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes, slower)")
+    bat.add_argument("--tta", nargs="?", const="flips", choices=tta_mod.MODES, default=None,
+                     help="test-time augmentation: flips (4 passes, the default) or d4 (8: also rotations); slower")
     bat.add_argument("--crop", type=_crop_arg, default=None, help="keep the top-left ROWS,COLS pixels")
     bat.add_argument("--keep-band", action="store_true", help="do not detect/remove the information band")
     bat.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png per frame")

@@ -34,6 +34,7 @@ from phaseedge.result import Result
 from phaseedge.stitch import stitch, stream_tiles
 from phaseedge.strategies import AUTO, RATIO_MODES
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
+from phaseedge.tta import resolve as resolve_tta
 
 __all__ = ["AUTO", "RATIO_MODES", "Segmenter", "default_model"]
 
@@ -58,14 +59,16 @@ class Segmenter:
     so a model sees phases at the scale it learned them; frames without a pixel size are
     segmented as they are. Without it, the model's own training pixel size (checkpoint
     config or sidecar ``pixel_size_m``) is used when it has one.
-    tta: also run every tile flipped (4 passes, `phaseedge.tta`) and average: slower,
-    usually a little more accurate, and what `phaseedge-train eval --tta` reports.
+    tta: test-time augmentation (`phaseedge.tta`): "flips" (or True) runs every tile also
+    flipped (4 passes), "d4" also transposed (8 passes: every 90-degree rotation and
+    reflection), and averages: slower, usually a little more accurate, and what
+    `phaseedge-train eval --tta MODE` reports. ``self.tta`` is the mode name or None.
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float | None = None,
                  blend: str | None = None, batch_size: int | None = None, ratio_mode: str = "global",
                  queue_size: int = 4, backend_options: dict[str, Any] | None = None,
-                 model_pixel_size_m: float | None = None, tta: bool = False, tile: int | None = None,
+                 model_pixel_size_m: float | None = None, tta: bool | str | None = False, tile: int | None = None,
                  halo: int | None = None) -> None:
         self.overlap = None if overlap is None else validate_overlap(overlap)
         self.blend = None if blend is None else validate_blend(blend)
@@ -90,9 +93,7 @@ class Segmenter:
                                                    and np.isfinite(model_pixel_size_m) and model_pixel_size_m > 0):
             raise ValueError(f"model_pixel_size_m must be a positive number of metres, got {model_pixel_size_m!r}")
         self.model_pixel_size_m = None if model_pixel_size_m is None else float(model_pixel_size_m)
-        if not isinstance(tta, bool):
-            raise TypeError(f"tta must be True or False, got {tta!r}")
-        self.tta = tta
+        self.tta = resolve_tta(tta)
         self.device = device
         self._options = dict(backend_options or {})
         self._backend: Backend | None = None

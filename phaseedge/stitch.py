@@ -30,7 +30,7 @@ TileProbs = Iterator[tuple[slice, np.ndarray]]
 
 def stream_tiles(backend: Backend, frame: np.ndarray, lo: float, hi: float, origins: np.ndarray,
                  ratios: np.ndarray, batches: list[slice], timings: dict[str, float],
-                 tta: bool = False) -> TileProbs:
+                 tta: str | None = None) -> TileProbs:
     """(batch, probs) for each batch, in order. ``timings["tiles"]`` gains the time spent
     cutting tiles, ``timings["infer"]`` the time spent waiting for the backend (measured
     around each result, less the tile cutting the backend pulled meanwhile)."""
@@ -50,7 +50,7 @@ def stream_tiles(backend: Backend, frame: np.ndarray, lo: float, hi: float, orig
 
     # closed explicitly: a backend may hold its device pipeline (and lock) until its
     # iterator ends, which must not wait for garbage collection after an error
-    results = tta_mod.infer_flips(backend, feed()) if tta else backend.infer_many(feed())
+    results = tta_mod.infer(backend, feed(), tta) if tta else backend.infer_many(feed())
     with closing(results):
         while True:
             t0, cut0 = time.perf_counter(), timings.get("tiles", 0.0)

@@ -53,7 +53,7 @@ class Survey:
     """Ratio-free first passes over one prepared frame, each run at most once."""
 
     def __init__(self, backend: Backend, frame: np.ndarray, lo: float, hi: float, grid: TileGrid,
-                 batch_size: int, timings: dict[str, float], tta: bool = False) -> None:
+                 batch_size: int, timings: dict[str, float], tta: str | None = None) -> None:
         self.backend, self.frame, self.lo, self.hi, self.grid = backend, frame, lo, hi, grid
         self.batch_size, self.timings, self.tta = batch_size, timings, tta
         self._fractions: np.ndarray | None = None

@@ -1,4 +1,4 @@
-"""Flip test-time augmentation: exact for flip-equivariant models, averaging otherwise."""
+"""Test-time augmentation: exact for equivariant models, averaging otherwise."""
 
 from __future__ import annotations
 
@@ -39,23 +39,59 @@ class LeftBiased(Pointwise):
         return p
 
 
-def test_identity_model_gives_identical_output_with_tta():
+@pytest.mark.parametrize("mode", [True, "flips", "d4"])
+def test_identity_model_gives_identical_output_with_tta(mode):
     frame = np.random.default_rng(0).integers(0, 65535, (97, 75), dtype=np.uint16)
-    plain = Segmenter(Pointwise(), overlap=0.25).segment(frame, return_probabilities=True)
+    plain_backend = Pointwise()
+    plain = Segmenter(plain_backend, overlap=0.25).segment(frame, return_probabilities=True)
     backend = Pointwise()
-    flipped = Segmenter(backend, overlap=0.25, tta=True).segment(frame, return_probabilities=True)
-    np.testing.assert_array_equal(plain.labels, flipped.labels)
-    np.testing.assert_array_equal(plain.probabilities, flipped.probabilities)
-    assert backend.calls % len(tta.FLIPS) == 0 and backend.calls >= len(tta.FLIPS)
+    seg = Segmenter(backend, overlap=0.25, tta=mode)
+    augmented = seg.segment(frame, return_probabilities=True)
+    np.testing.assert_array_equal(plain.labels, augmented.labels)
+    np.testing.assert_array_equal(plain.probabilities, augmented.probabilities)
+    passes = len(tta.MODES[seg.tta])
+    assert seg.tta == ("flips" if mode is True else mode)
+    assert backend.calls == passes * plain_backend.calls and plain_backend.calls >= 1
 
 
 def test_tta_averages_the_unflipped_passes():
     backend = LeftBiased(tile=8, n=2)
     images = np.zeros((1, 1, 8, 8), np.float16)
-    (probs,) = list(tta.infer_flips(backend, [(images, np.zeros((1, 2), np.float32))]))
+    (probs,) = list(tta.infer(backend, [(images, np.zeros((1, 2), np.float32))], "flips"))
     np.testing.assert_array_equal(probs, np.full((1, 2, 8, 8), 0.5, np.float32))  # left/right cancel
 
 
-def test_tta_must_be_a_bool():
-    with pytest.raises(TypeError, match="tta"):
-        Segmenter(Pointwise(), tta="yes")
+class TopLeft(Pointwise):
+    """Class 1 only on the tile's first row: moves under transposition as well as flips."""
+
+    def infer(self, images, ratio):
+        self.calls += 1
+        b, _, t, _ = images.shape
+        p = np.zeros((b, 2, t, t), np.float32)
+        p[:, 0] = 1.0
+        p[:, 1, 0, :] = 1.0
+        p[:, 0, 0, :] = 0.0
+        return p
+
+
+def test_d4_maps_each_pass_back():
+    """Each pass's output is mapped back to the tile: first row/last row/first column/last column."""
+    (probs,) = list(tta.infer(TopLeft(tile=4, n=2), [(np.zeros((1, 1, 4, 4), np.float16),
+                                                      np.zeros((1, 2), np.float32))], "d4"))
+    expected = np.zeros((4, 4), np.float32)
+    for transpose, rows, cols in tta.D4:  # where the row lands in the un-augmented tile
+        m = np.zeros((4, 4), np.float32)
+        m[0, :] = 1.0
+        m = m.T if transpose else m
+        m = np.flip(m, axis=tuple(ax for ax, on in ((0, rows), (1, cols)) if on)) if rows or cols else m
+        expected += m
+    expected /= len(tta.D4)
+    np.testing.assert_allclose(probs[0, 1], expected)
+    assert expected[0, 1] == 0.25 and expected[1, 1] == 0.0  # edges only, each edge a quarter of the passes
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, "rot"])
+def test_tta_must_be_a_known_mode(bad):
+    with pytest.raises(ValueError, match="tta"):
+        Segmenter(Pointwise(), tta=bad)

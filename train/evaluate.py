@@ -34,6 +34,7 @@ from phaseedge.io import Frame
 from phaseedge.metrics import ConfusionMatrix, fractions_from_counts
 from phaseedge.segmenter import Segmenter
 from phaseedge.strategies import RATIO_MODES
+from phaseedge.tta import MODES as TTA_MODES
 
 
 #: expert-free ratios eval can measure: the runtime's "auto"; "em", Saerens EM prior re-estimation
@@ -91,7 +92,7 @@ def open_segmenter(
     overlap: float = 0.25,
     batch_size: int | None = None,
     ratio_mode: str = "global",
-    tta: bool = False,
+    tta: bool | str | None = False,
 ) -> Segmenter:
     """A Segmenter on ``model``: torch for a checkpoint directory or an nn.Module, else by file type."""
     torch_model = not isinstance(model, (str, Path)) or Path(model).is_dir()
@@ -226,7 +227,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1)")
     p.add_argument("--ratio-mode", default="global", choices=RATIO_MODES, help="how the ratio is fed (Segmenter)")
-    p.add_argument("--tta", action="store_true", help="flip test-time augmentation (4 passes per tile)")
+    p.add_argument("--tta", nargs="?", const="flips", choices=tuple(TTA_MODES), default=None,
+                   help="test-time augmentation: flips (4 passes per tile, the default) or d4 (8: also rotations)")
     p.add_argument("--pixel-sizes", type=Path, help="CSV image,pixel_size_m: frames are resampled to the model's")
     p.add_argument(
         "--group",
