@@ -69,7 +69,8 @@ class Settings:
         from phaseedge.segmenter import Segmenter
 
         return Segmenter(self.model, backend=self.backend, device=self.device, overlap=self.overlap,
-                         blend=self.blend, tile=self.tile, halo=self.halo, batch_size=self.batch_size, ratio_mode=self.ratio_mode, tta=self.tta,
+                         blend=self.blend, tile=self.tile, halo=self.halo, batch_size=self.batch_size,
+                         ratio_mode=self.ratio_mode, tta=self.tta,
                          backend_options=dict(self.backend_options))
 
     def outputs(self, job: Job) -> list[Path]:

@@ -341,9 +341,9 @@ def batch_command(args: argparse.Namespace) -> int:
     from phaseedge.batch import Settings, run_batch
 
     settings = Settings(model=args.model, backend=args.backend, device=args.device, overlap=args.overlap,
-                        blend=args.blend, tile=args.tile, halo=args.halo, batch_size=args.batch_size, ratio_mode=args.ratio_mode, ratio=args.ratio,
-                        tta=args.tta, crop=args.crop, keep_band=args.keep_band, overlay=args.overlay,
-                        uncertainty=args.uncertainty)
+                        blend=args.blend, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
+                        ratio_mode=args.ratio_mode, ratio=args.ratio, tta=args.tta, crop=args.crop,
+                        keep_band=args.keep_band, overlay=args.overlay, uncertainty=args.uncertainty)
     try:
         report = run_batch(args.input_dir, args.out, settings, ray=args.ray, ray_address=args.ray_address,
                            workers=args.workers, gpus_per_worker=args.gpus_per_worker)
