@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # MetalDAM results of docs/results.md, exactly as reported: pixel sizes from the scale bars,
 # U-Net + PLM and its baseline (--no-plm) from train/configs/metaldam-unet.json (fixed iteration
-# count, seed 0, one thread, bf16 autocast: deterministic), then whole-frame eval of each on the
-# validation split at ratio accuracy none / 0.5 / 0.662 / 0.9 / exact and the expert-free
-# estimates auto / em / iter2, with and without the runtime's calibrate mode, with and without
-# flip TTA, reporting the 3-main-phase and 4-class groups; then the random forest.
+# count, one thread, bf16 autocast: deterministic) at seeds 0 (the recipe itself) and 1, the
+# two seeds of each joined into an ensemble (`phaseedge-train ensemble`), then whole-frame eval of
+# the seed-0 models and the ensembles on the validation split at ratio accuracy none / 0.5 / 0.662
+# / 0.9 / exact and the expert-free estimates auto / em / iter2, with and without the runtime's
+# calibrate mode, plus the expert sweep with flip and d4 TTA, reporting the 3-main-phase and
+# 4-class groups; then the random forest.
 # MetalDAM has no licence: it is read from ../shared and nothing derived from it but numbers
-# leaves runs/ (git-ignored). The two fits run in parallel (one core each).
+# leaves runs/ (git-ignored). The two seeds of a variant train in parallel (one core each).
 #
 # usage: scripts/run_metaldam.sh [RUNS_DIR]   (default runs; METALDAM=path overrides the data)
 set -euo pipefail
@@ -18,24 +20,29 @@ mkdir -p "$RUNS"
 "$BIN/python" scripts/metaldam_pixel_sizes.py "$DATA" "$RUNS/metaldam_pixel_sizes.csv"
 for variant in plm base; do
     flag=""; [ "$variant" = base ] && flag="--no-plm"
-    "$BIN/phaseedge-train" fit --config train/configs/metaldam-unet.json $flag --data "$DATA" \
-        --train-split "$DATA/splits/train.txt" --val-split "$DATA/splits/val.txt" \
-        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --out "$RUNS/md-$variant" --no-progress \
-        > "$RUNS/md-$variant.log" 2>&1 &
+    for seed in 0 1; do
+        "$BIN/phaseedge-train" fit --config train/configs/metaldam-unet.json $flag --set seed=$seed \
+            --data "$DATA" --train-split "$DATA/splits/train.txt" --val-split "$DATA/splits/val.txt" \
+            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --out "$RUNS/md-$variant-s$seed" --no-progress \
+            > "$RUNS/md-$variant-s$seed.log" 2>&1 &
+    done
+    wait
+    "$BIN/phaseedge-train" ensemble "$RUNS/md-$variant-s0/best" "$RUNS/md-$variant-s1/best" -o "$RUNS/md-$variant-ens"
 done
-wait
 GROUP_ARGS=(--group main3=matrix,austenite,martensite_austenite
         --group macro4=matrix,austenite,martensite_austenite,defect)
-for variant in plm base; do
-    ACC=none,0.5,0.662,0.9,exact,auto,em,iter2
-    for tta in "" --tta; do
-        "$BIN/phaseedge-train" eval "$RUNS/md-$variant/best" --data "$DATA" --split "$DATA/splits/val.txt" \
-            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy "$ACC" \
-            --train-prior-split "$DATA/splits/train.txt" \
-            --calibrate both "${GROUP_ARGS[@]}" $tta --json > "$RUNS/md-$variant/eval${tta:+-tta}.json"
-        ACC=none,0.5,0.662,0.9,exact  # TTA: the expert sweep only
+for model in plm-s0 base-s0 plm-ens base-ens; do
+    ckpt="$RUNS/md-$model"; [ -d "$ckpt/best" ] && ckpt="$ckpt/best"
+    out="$RUNS/eval-$model"
+    "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
+        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact,auto,em,iter2 \
+        --train-prior-split "$DATA/splits/train.txt" --calibrate both "${GROUP_ARGS[@]}" --json > "$out.json"
+    for tta in flips d4; do  # TTA: the expert sweep only
+        "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
+            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact \
+            --calibrate both "${GROUP_ARGS[@]}" --tta $tta --json > "$out-tta-$tta.json"
     done
 done
 "$BIN/phaseedge-bench" forest --data "$DATA" --train-split "$DATA/splits/train.txt" \
     --val-split "$DATA/splits/val.txt" --out "$RUNS/forest.json"
-echo "done: $RUNS/md-{plm,base}/eval{,-tta}.json $RUNS/forest.json"
+echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta-flips,-tta-d4}.json $RUNS/forest.json"
