@@ -5,7 +5,7 @@
 # two seeds of each joined into an ensemble (`phaseedge-train ensemble`), then whole-frame eval of
 # the seed-0 models and the ensembles on the validation split at ratio accuracy none / 0.5 / 0.662
 # / 0.9 / exact and the expert-free estimates auto / em / iter2, with and without the runtime's
-# calibrate mode, plus the expert sweep with flip and d4 TTA, reporting the 3-main-phase and
+# calibrate mode, plus the expert sweep with flip TTA (and d4 TTA for the PLM ensemble), reporting the 3-main-phase and
 # 4-class groups; then the random forest.
 # MetalDAM has no licence: it is read from ../shared and nothing derived from it but numbers
 # leaves runs/ (git-ignored). The two seeds of a variant train in parallel (one core each).
@@ -37,12 +37,14 @@ for model in plm-s0 base-s0 plm-ens base-ens; do
     "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
         --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact,auto,em,iter2 \
         --train-prior-split "$DATA/splits/train.txt" --calibrate both "${GROUP_ARGS[@]}" --json > "$out.json"
-    for tta in flips d4; do  # TTA: the expert sweep only
-        "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
-            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact \
-            --calibrate both "${GROUP_ARGS[@]}" --tta $tta --json > "$out-tta-$tta.json"
-    done
+    "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
+        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact \
+        --calibrate both "${GROUP_ARGS[@]}" --tta --json > "$out-tta.json"  # TTA: the expert sweep only
 done
+# d4 TTA (8 passes), the PLM ensemble only: 0.9 and exact
+"$BIN/phaseedge-train" eval "$RUNS/md-plm-ens" --data "$DATA" --split "$DATA/splits/val.txt" \
+    --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy 0.9,exact \
+    --calibrate both "${GROUP_ARGS[@]}" --tta d4 --json > "$RUNS/eval-plm-ens-tta-d4.json"
 "$BIN/phaseedge-bench" forest --data "$DATA" --train-split "$DATA/splits/train.txt" \
     --val-split "$DATA/splits/val.txt" --out "$RUNS/forest.json"
-echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta-flips,-tta-d4}.json $RUNS/forest.json"
+echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta}.json $RUNS/eval-plm-ens-tta-d4.json $RUNS/forest.json"

@@ -68,6 +68,7 @@ def test_cli_writes_and_refuses_to_overwrite(tmp_path, capsys):
     dirs = [str(_member(tmp_path, s)) for s in (1, 2)]
     assert train_main(["ensemble", *dirs, "-o", str(tmp_path / "ens")]) == 0
     assert "ensemble of 2 members" in capsys.readouterr().out
+    assert (tmp_path / "ens").stat().st_mode & 0o055 == 0o055  # readable by others, as a fit's checkpoint
     before = (tmp_path / "ens" / "model.safetensors").read_bytes()
     assert train_main(["ensemble", *dirs, "-o", str(tmp_path / "ens")]) == 1
     assert "already exists" in capsys.readouterr().err

@@ -60,6 +60,7 @@ def write(directories: list[str | Path], out: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
         checkpoint.save(model, staging)
         staging.rename(out)
     except BaseException:
