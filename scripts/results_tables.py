@@ -2,6 +2,7 @@
 number is copied by hand.
 
 usage: python scripts/results_tables.py LABEL=EVAL.json [LABEL=EVAL.json ...] [--forest FOREST.json]
+       python scripts/results_tables.py --summary LABEL=EVAL.json ...   (one row per model)
 
 Per model: main-3 / macro-4 / macro-5 pooled Dice, mIoU, fraction MAE at each ratio accuracy,
 raw and calibrated (the runtime's calibrate mode), the expert-free estimates where the sweep
@@ -25,12 +26,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="LABEL=FILE")
     ap.add_argument("--forest", help="phaseedge-bench forest JSON (no ratio input)")
+    ap.add_argument("--summary", action="store_true",
+                    help="one row per model: main-3 with no ratio and at alpha = 0.9 (raw and calibrated), "
+                         "macro-4/5, MA Dice and fraction MAE at 0.9 raw")
     args = ap.parse_args()
     runs = []
     for spec in args.runs:
         label, _, path = spec.partition("=")
         with open(path) as f:
             runs.append((label, json.load(f)))
+    if args.summary:
+        summary(runs)
+        return
     print("| model | ratio α | calibrated | main-3 Dice | macro-4 Dice | macro-5 Dice | mIoU (5) | fraction MAE (pp) |")
     print("|---|---|---|---:|---:|---:|---:|---:|")
     for label, results in runs:
@@ -58,6 +65,19 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(pct(r["per_class_dice"][n]) for n in names) + " |")
     if args.forest:
         print("| random forest | " + " | ".join(pct(fr["per_class_dice"][n]) for n in names) + " |")
+
+
+def summary(runs: list[tuple[str, list[dict]]]) -> None:
+    print("| model | main-3, no ratio | main-3, α = 0.9 | main-3, α = 0.9 calibrated | macro-4 | macro-5 "
+          "| MA | fraction MAE (pp) |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, results in runs:
+        def at(a: object, cal: bool) -> dict | None:  # None where the sweep did not run it
+            return next((r for r in results if r["ratio_accuracy"] == a and r["calibrate"] == cal), None)
+        none, raw, cal = at("none", False), at(0.9, False), at(0.9, True)
+        print(f"| {label} | {pct(none and none['group_dice']['main3'])} | {pct(raw['group_dice']['main3'])} "
+              f"| {pct(cal and cal['group_dice']['main3'])} | {pct(raw['group_dice']['macro4'])} | {pct(raw['macro_dice'])} "
+              f"| {pct(raw['per_class_dice']['martensite_austenite'])} | {100 * raw['fraction_mae']:.2f} |")
 
 
 if __name__ == "__main__":
