@@ -119,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--ratio-file", type=Path, default=None,
                      help="CSV with one row per image: image,<phase>,<phase>,... (overrides --ratio for "
                           "the images it lists)")
-    seg.add_argument("--tta", nargs="?", const="flips", choices=tta_mod.MODES, default=None,
-                     help="test-time augmentation: flips (4 passes, the default) or d4 (8: also rotations); slower")
+    tta_mod.add_arguments(seg)
     seg.add_argument("--ratio-mode", default="global", choices=("global", "local", "calibrate", "none"))
     _tiling_args(seg)
     seg.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch"))
@@ -156,8 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     bat.add_argument("--backend", default="auto", choices=("auto", "onnxruntime", "tensorrt", "torch", "triton"))
     bat.add_argument("--device", type=int, default=0, help="CUDA device index (default 0)")
     bat.add_argument("--batch-size", type=int, default=None, help="tiles per inference call (default: model max)")
-    bat.add_argument("--tta", nargs="?", const="flips", choices=tta_mod.MODES, default=None,
-                     help="test-time augmentation: flips (4 passes, the default) or d4 (8: also rotations); slower")
+    tta_mod.add_arguments(bat)
     bat.add_argument("--crop", type=_crop_arg, default=None, help="keep the top-left ROWS,COLS pixels")
     bat.add_argument("--keep-band", action="store_true", help="do not detect/remove the information band")
     bat.add_argument("--overlay", action="store_true", help="also write NAME_overlay.png per frame")

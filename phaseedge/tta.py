@@ -8,6 +8,7 @@ to the passes (a pointwise function) the result is bit-identical to a plain pass
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -32,6 +33,18 @@ def resolve(tta: bool | str | None) -> str | None:
     if isinstance(tta, str) and tta in MODES:
         return tta
     raise ValueError(f"tta must be False, True or one of {', '.join(MODES)}, got {tta!r}")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--tta`` (a plain flag: flips) and ``--tta-mode MODE``, both into ``args.tta``.
+
+    Two options rather than ``--tta [MODE]``: an optional value would swallow the image path
+    that follows ``--tta`` on a command line.
+    """
+    parser.add_argument("--tta", action="store_const", const="flips", default=None,
+                        help="flip test-time augmentation (4 passes per tile, slower)")
+    parser.add_argument("--tta-mode", dest="tta", choices=tuple(MODES),
+                        help="test-time augmentation mode: flips (as --tta) or d4 (8 passes: also rotations)")
 
 
 def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:

@@ -44,7 +44,7 @@ done
 # d4 TTA (8 passes), the PLM ensemble only: 0.9 and exact
 "$BIN/phaseedge-train" eval "$RUNS/md-plm-ens" --data "$DATA" --split "$DATA/splits/val.txt" \
     --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy 0.9,exact \
-    --calibrate both "${GROUP_ARGS[@]}" --tta d4 --json > "$RUNS/eval-plm-ens-tta-d4.json"
+    --calibrate both "${GROUP_ARGS[@]}" --tta-mode d4 --json > "$RUNS/eval-plm-ens-tta-d4.json"
 "$BIN/phaseedge-bench" forest --data "$DATA" --train-split "$DATA/splits/train.txt" \
     --val-split "$DATA/splits/val.txt" --out "$RUNS/forest.json"
 echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta}.json $RUNS/eval-plm-ens-tta-d4.json $RUNS/forest.json"

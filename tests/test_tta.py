@@ -95,3 +95,17 @@ def test_d4_maps_each_pass_back():
 def test_tta_must_be_a_known_mode(bad):
     with pytest.raises(ValueError, match="tta"):
         Segmenter(Pointwise(), tta=bad)
+
+
+def test_cli_options_do_not_swallow_the_image_path():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("images", nargs="+")
+    tta.add_arguments(p)
+    args = p.parse_args(["--tta", "a.tif", "b.tif"])
+    assert args.tta == "flips" and args.images == ["a.tif", "b.tif"]
+    assert p.parse_args(["a.tif"]).tta is None
+    assert p.parse_args(["--tta-mode", "d4", "a.tif"]).tta == "d4"
+    with pytest.raises(SystemExit):
+        p.parse_args(["--tta-mode", "rot", "a.tif"])

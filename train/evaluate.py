@@ -34,7 +34,7 @@ from phaseedge.io import Frame
 from phaseedge.metrics import ConfusionMatrix, fractions_from_counts
 from phaseedge.segmenter import Segmenter
 from phaseedge.strategies import RATIO_MODES
-from phaseedge.tta import MODES as TTA_MODES
+from phaseedge import tta as tta_mod
 
 
 #: expert-free ratios eval can measure: the runtime's "auto"; "em", Saerens EM prior re-estimation
@@ -227,8 +227,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1)")
     p.add_argument("--ratio-mode", default="global", choices=RATIO_MODES, help="how the ratio is fed (Segmenter)")
-    p.add_argument("--tta", nargs="?", const="flips", choices=tuple(TTA_MODES), default=None,
-                   help="test-time augmentation: flips (4 passes per tile, the default) or d4 (8: also rotations)")
+    tta_mod.add_arguments(p)
     p.add_argument("--pixel-sizes", type=Path, help="CSV image,pixel_size_m: frames are resampled to the model's")
     p.add_argument(
         "--group",
