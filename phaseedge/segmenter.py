@@ -62,7 +62,7 @@ class Segmenter:
     tta: test-time augmentation (`phaseedge.tta`): "flips" (or True) runs every tile also
     flipped (4 passes), "d4" also transposed (8 passes: every 90-degree rotation and
     reflection), and averages: slower, usually a little more accurate, and what
-    `phaseedge-train eval --tta MODE` reports. ``self.tta`` is the mode name or None.
+    `phaseedge-train eval --tta` / `--tta-mode d4` reports. ``self.tta`` is the mode name or None.
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float | None = None,
