@@ -19,12 +19,12 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from phaseedge import names, sidecar
+from phaseedge.outputs import atomic_directory
 from phaseedge.sidecar import Sidecar, SidecarError
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "engine": "tensorrt_plan"}
@@ -184,19 +184,13 @@ def write_repository(models: Sequence[str | os.PathLike[str]], repo: str | os.Pa
     source = ", ".join(f"{p.name} (sha256 {sc.sha256[:12]})" for p, sc in zip(paths, sidecars))
     text = config_text(first, name, mbs, gpu=gpu, instances=instances, queue_delay_us=queue_delay_us,
                        cc_files=cc_files, source=source)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=root))
-    try:
-        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the entry from a server running as another user
+    with atomic_directory(final) as tmp:
         version = tmp / "1"
         version.mkdir()
         for file_name, src in files.items():
             shutil.copyfile(src, version / file_name)
             shutil.copyfile(sidecar.sidecar_path(src), version / f"{file_name}.json")
         (tmp / "config.pbtxt").write_text(text, encoding="utf-8")
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return TritonRepository(model_dir=final, config=final / "config.pbtxt",
                             files=tuple(final / "1" / f for f in files), platform=PLATFORMS[kind],
                             max_batch_size=mbs)

@@ -12,8 +12,12 @@ run never leaves a half-written file under the final name.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import tempfile
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +36,20 @@ def atomic_write(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """A staging folder beside ``final`` (mode 0755) that becomes ``final`` by one rename when the
+    block ends, or is removed if it raises: readers never see a half-written directory."""
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp's 0700 would hide the result from other users (a server, a colleague)
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def _chunk(kind: bytes, body: bytes) -> bytes:

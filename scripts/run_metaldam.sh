@@ -5,8 +5,8 @@
 # two seeds of each joined into an ensemble (`phaseedge-train ensemble`), then whole-frame eval of
 # the seed-0 models and the ensembles on the validation split at ratio accuracy none / 0.5 / 0.662
 # / 0.9 / exact and the expert-free estimates auto / em / iter2, with and without the runtime's
-# calibrate mode, plus the expert sweep with flip TTA (and d4 TTA for the PLM ensemble), reporting the 3-main-phase and
-# 4-class groups; then the random forest.
+# calibrate mode, plus the expert sweep with flip TTA (and d4 TTA for the PLM ensemble),
+# reporting the 3-main-phase and 4-class groups; then the random forest.
 # MetalDAM has no licence: it is read from ../shared and nothing derived from it but numbers
 # leaves runs/ (git-ignored). The two seeds of a variant train in parallel (one core each).
 #

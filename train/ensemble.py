@@ -8,10 +8,9 @@ tile, PLM, normalisation, pixel size); the result is an ordinary checkpoint dire
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
+from phaseedge.outputs import atomic_directory
 from phaseedge.train import checkpoint
 from phaseedge.train.models.ensemble import ENSEMBLE, Ensemble
 from phaseedge.train.models.registry import build_model
@@ -58,14 +57,8 @@ def write(directories: list[str | Path], out: str | Path) -> Path:
         raise ValueError(f"{out} already exists: give a new directory")
     model = make_ensemble(directories)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide the checkpoint from other users
+    with atomic_directory(out) as staging:
         checkpoint.save(model, staging)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out
 
 
