@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from phaseedge.outputs import atomic_directory
 from phaseedge.train import checkpoint
 from phaseedge.train.models.ensemble import ENSEMBLE, Ensemble
 from phaseedge.train.models.registry import build_model
 from phaseedge.train.models.sam import LoRASam
+
+from phaseedge.outputs import atomic_directory
 
 #: config fields every member must share: the runtime reads them once for the whole ensemble
 AGREE = ("class_names", "tile", "plm", "normalization", "pixel_size_m", "trained_on")
