@@ -396,8 +396,11 @@ def fit(
                 images, masks, r_in, r_true = (t.to(device) for t in (images, masks, r_in, r_true))
                 images = images.contiguous(memory_format=fmt)
                 with torch.autocast(device.type, dtype=cast or torch.float32, enabled=cast is not None):
-                    logits = model(images, r_in)
-                loss, parts = segmentation_loss(logits, masks, r_true, weights, cfg.loss)
+                    if getattr(model, "aux_heads", None):
+                        logits, aux = model.forward_with_aux(images, r_in)
+                    else:
+                        logits, aux = model(images, r_in), None
+                loss, parts = segmentation_loss(logits, masks, r_true, weights, cfg.loss, aux)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

@@ -1,6 +1,10 @@
 """Training objective (paper Sec. 3.2): weighted Dice + cross-entropy, plus lambda * MSE
 between the predicted soft phase ratio (mean softmax over the crop) and the crop's true ratio.
 
+With deep supervision (a U-Net's ``deep_supervision`` heads) each coarser head adds its own
+Dice + CE against the mask sampled at its grid, weighted 1/2, 1/4, ... and the segmentation
+terms normalised to sum 1, as nnU-Net does; the ratio term stays on the full-resolution output.
+
 The ratio term is what ties the PLM's output to its ratio input; it is kept for the
 baseline too, so that the only difference between the two runs is the module.
 """
@@ -71,22 +75,44 @@ def soft_dice_loss(
     return 1.0 - (dice * weights).sum() / weights.sum()
 
 
+def _dice_ce(
+    logits: torch.Tensor, masks: torch.Tensor, w: torch.Tensor, cfg: LossConfig
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(CE, Dice loss, softmax) of fp32 logits [B,n,h,w] against masks [B,h,w]."""
+    probs = logits.softmax(dim=1)
+    onehot = F.one_hot(masks, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return F.cross_entropy(logits, masks, weight=w), soft_dice_loss(probs, onehot, w, cfg.smooth), probs
+
+
+def _mask_at(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The mask at a coarser head's grid: the pixel at the centre of each cell."""
+    sy, sx = masks.shape[1] // size[0], masks.shape[2] // size[1]
+    if sy < 1 or sx < 1 or masks.shape[1] != sy * size[0] or masks.shape[2] != sx * size[1]:
+        raise ValueError(f"a deep-supervision head of {size} does not divide the mask {tuple(masks.shape[1:])}")
+    return masks[:, sy // 2::sy, sx // 2::sx]
+
+
 def segmentation_loss(
     logits: torch.Tensor,
     masks: torch.Tensor,
     ratio_true: torch.Tensor,
     class_weights: torch.Tensor,
     cfg: LossConfig,
+    aux_logits: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Total loss and its parts. logits [B,n,T,T], masks int64 [B,T,T], ratio_true [B,n]."""
-    logits = logits.float()  # the loss in fp32 under autocast
-    n = logits.shape[1]
-    probs = logits.softmax(dim=1)
-    onehot = F.one_hot(masks, n).permute(0, 3, 1, 2).to(probs.dtype)
+    """Total loss and its parts. logits [B,n,T,T], masks int64 [B,T,T], ratio_true [B,n];
+    ``aux_logits``: deep-supervision heads, finest first (each coarser by 2)."""
     w = class_weights.to(logits.device, torch.float32)
-    ce = F.cross_entropy(logits, masks, weight=w)
-    dice = soft_dice_loss(probs, onehot, w, cfg.smooth)
+    ce, dice, probs = _dice_ce(logits.float(), masks, w, cfg)  # the loss in fp32 under autocast
+    seg = cfg.ce_weight * ce + cfg.dice_weight * dice
+    if aux_logits:
+        total_weight = 1.0
+        for k, aux in enumerate(aux_logits):
+            a_ce, a_dice, _ = _dice_ce(aux.float(), _mask_at(masks, tuple(aux.shape[-2:])), w, cfg)
+            seg = seg + 0.5 ** (k + 1) * (cfg.ce_weight * a_ce + cfg.dice_weight * a_dice)
+            total_weight += 0.5 ** (k + 1)
+        seg = seg / total_weight
     ratio_mse = F.mse_loss(probs.mean(dim=(2, 3)), ratio_true.to(probs))
-    total = cfg.ce_weight * ce + cfg.dice_weight * dice + cfg.ratio_weight * ratio_mse
+    total = seg + cfg.ratio_weight * ratio_mse
     parts = {"loss": total, "ce": ce, "dice_loss": dice, "ratio_mse": ratio_mse}
     return total, {k: v.item() for k, v in parts.items()}

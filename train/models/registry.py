@@ -160,16 +160,23 @@ def _build_sam(
 def _build_unet(
     name: str, spec: UNetSpec, n_classes: int, plm: bool, tile: int, overrides: dict[str, Any]
 ) -> UNet:
-    _check_overrides(name, overrides, ("width", "depth", "plm_at"))
+    _check_overrides(name, overrides, ("width", "depth", "plm_at", "residual", "deep_supervision"))
     width = overrides.get("width", spec.width)
     depth = overrides.get("depth", spec.depth)
     plm_at = overrides.get("plm_at", PLM_PLACEMENTS[0])
+    residual = overrides.get("residual", False)
+    deep_supervision = overrides.get("deep_supervision", 0)
     for key, value in (("width", width), ("depth", depth)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{key} must be an integer, got {value!r}")
+    if not isinstance(residual, bool):
+        raise TypeError(f"residual must be true or false, got {residual!r}")
+    # Only non-default options enter the config, so checkpoints saved before they existed
+    # and the ones saved without them have the same arch_kwargs.
+    extra = {k: v for k, v in (("residual", residual), ("deep_supervision", deep_supervision)) if v}
     config = make_config(
         architecture=name,
-        arch_kwargs={"width": width, "depth": depth, "plm_at": plm_at},
+        arch_kwargs={"width": width, "depth": depth, "plm_at": plm_at, **extra},
         n_classes=n_classes,
         tile=tile,
         plm=plm,
@@ -183,6 +190,8 @@ def _build_unet(
         plm_at=plm_at,
         config=config,
         attention=spec.attention,
+        residual=residual,
+        deep_supervision=deep_supervision,
     )
 
 

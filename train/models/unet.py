@@ -9,6 +9,12 @@ docs/results.md measures both.
 ``unet`` is a plain U-Net, small enough to train on a 2-core CPU at tile 256 (width 16, depth 4,
 1.94M parameters); ``attention-unet`` adds additive attention gates on the skip connections
 (Oktay et al. 2018). BatchNorm folds into the convolutions at export.
+
+Two options measured for the MetalDAM recipe (docs/results.md, ablation table):
+``residual`` makes each encoder stage a residual block (nnU-Net's ResEnc U-Net, Isensee et al.
+2024); ``deep_supervision`` adds a 1x1 classifier on that many coarser decoder levels, whose
+losses train the decoder at every scale (nnU-Net). The extra heads run only in
+:meth:`UNet.forward_with_aux` (training); ``forward`` and the exported graph never touch them.
 """
 
 from __future__ import annotations
@@ -33,6 +39,28 @@ def _double_conv(cin: int, cout: int) -> nn.Sequential:
         nn.BatchNorm2d(cout),
         nn.ReLU(inplace=True),
     )
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-ReLU-conv-BN plus the input (1x1 conv + BN where the width changes), then ReLU."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+        )
+        self.skip = (
+            nn.Identity() if cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, kernel_size=1, bias=False), nn.BatchNorm2d(cout))
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.body(x) + self.skip(x))
 
 
 class AttentionGate(nn.Module):
@@ -65,6 +93,8 @@ class UNet(SegmentationModel):
         config: dict[str, Any],
         plm_at: str = PLM_PLACEMENTS[0],
         attention: bool = False,
+        residual: bool = False,
+        deep_supervision: int = 0,
     ) -> None:
         super().__init__(n_classes=n_classes, tile=tile, config=config)
         if width < 1 or depth < 1:
@@ -73,10 +103,16 @@ class UNet(SegmentationModel):
             raise ValueError(f"tile {tile} must be divisible by 2**depth = {2**depth}")
         if plm_at not in PLM_PLACEMENTS:
             raise ValueError(f"plm_at must be one of {', '.join(PLM_PLACEMENTS)}, got {plm_at!r}")
+        if isinstance(deep_supervision, bool) or not isinstance(deep_supervision, int) or not (
+            0 <= deep_supervision < depth
+        ):
+            raise ValueError(f"deep_supervision must be an integer in 0..{depth - 1} (heads on the coarser "
+                             f"decoder levels), got {deep_supervision!r}")
         self.plm_at = plm_at
         chans = [width * 2**i for i in range(depth + 1)]
-        self.down = nn.ModuleList([_double_conv(1, chans[0])])
-        self.down.extend(_double_conv(chans[i], chans[i + 1]) for i in range(depth))
+        block = ResidualBlock if residual else _double_conv
+        self.down = nn.ModuleList([block(1, chans[0])])
+        self.down.extend(block(chans[i], chans[i + 1]) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], kernel_size=2, stride=2)
@@ -91,8 +127,19 @@ class UNet(SegmentationModel):
         self.plm = PhaseLearningModule(plm_channels, n_classes, span=(span, span)) if plm else None
         self.tile_multiple = 2**depth  # fully convolutional: any multiple of 2**depth (export/onnx_export.py)
         self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
+        # aux_heads[k] classifies the decoder level 2**(k+1) times coarser than the output
+        self.aux_heads = nn.ModuleList(
+            nn.Conv2d(chans[k + 1], n_classes, kernel_size=1) for k in range(deep_supervision)
+        )
 
     def forward(self, image: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        return self._run(image, ratio, aux=False)[0]
+
+    def forward_with_aux(self, image: torch.Tensor, ratio: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits plus the deep-supervision heads' logits, finest first ([B,n,T/2,T/2], ...)."""
+        return self._run(image, ratio, aux=True)
+
+    def _run(self, image: torch.Tensor, ratio: torch.Tensor, aux: bool) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self.check_inputs(image, ratio)
         x = self.down[0](image)
         skips = [x]
@@ -102,12 +149,17 @@ class UNet(SegmentationModel):
         skips.pop()
         if self.plm is not None and self.plm_at == "bottleneck":
             x = self.plm(x, ratio)
+        aux_logits: list[torch.Tensor] = []
+        depth = len(self.up)
         for level, (up, conv) in enumerate(zip(self.up, self.up_conv)):
             x = up(x)
             skip = skips.pop()
             if self.gates is not None:
                 skip = self.gates[level](x, skip)
             x = conv(torch.cat([skip, x], dim=1))
+            k = depth - 2 - level  # this level is 2**(k+1) times coarser than the output
+            if aux and 0 <= k < len(self.aux_heads):
+                aux_logits.insert(0, self.aux_heads[k](x))
         if self.plm is not None and self.plm_at == "decoder":
             x = self.plm(x, ratio)
-        return self.classifier(x)
+        return self.classifier(x), aux_logits
