@@ -58,6 +58,7 @@ class Settings:
     ratio_mode: str = "global"
     ratio: Any = None  # as ``phaseedge segment --ratio`` parses it (checked against the model's classes)
     tta: bool | str | None = False
+    scales: tuple[float, ...] | None = None  # multi-scale inference (Segmenter scales)
     crop: tuple[int, int] | None = None
     keep_band: bool = False
     overlay: bool = False
@@ -70,7 +71,7 @@ class Settings:
 
         return Segmenter(self.model, backend=self.backend, device=self.device, overlap=self.overlap,
                          blend=self.blend, tile=self.tile, halo=self.halo, batch_size=self.batch_size,
-                         ratio_mode=self.ratio_mode, tta=self.tta,
+                         ratio_mode=self.ratio_mode, tta=self.tta, scales=self.scales,
                          backend_options=dict(self.backend_options))
 
     def outputs(self, job: Job) -> list[Path]:

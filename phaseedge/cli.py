@@ -279,7 +279,7 @@ def segment_command(args: argparse.Namespace) -> int:
                         blend=args.blend, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
                         ratio_mode=args.ratio_mode,
                         model_pixel_size_m=None if args.model_pixel_size is None else args.model_pixel_size * 1e-9,
-                        tta=args.tta)
+                        tta=args.tta, scales=args.scales)
         seg.__enter__()  # load now: a model that does not load is one message, not N
         ratio = ratio_mod.check(args.ratio, seg.n_classes, seg.class_names)
         per_image = {}
@@ -340,7 +340,8 @@ def batch_command(args: argparse.Namespace) -> int:
 
     settings = Settings(model=args.model, backend=args.backend, device=args.device, overlap=args.overlap,
                         blend=args.blend, tile=args.tile, halo=args.halo, batch_size=args.batch_size,
-                        ratio_mode=args.ratio_mode, ratio=args.ratio, tta=args.tta, crop=args.crop,
+                        ratio_mode=args.ratio_mode, ratio=args.ratio, tta=args.tta, scales=args.scales,
+                        crop=args.crop,
                         keep_band=args.keep_band, overlay=args.overlay, uncertainty=args.uncertainty)
     try:
         report = run_batch(args.input_dir, args.out, settings, ray=args.ray, ray_address=args.ray_address,

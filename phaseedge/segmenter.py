@@ -28,13 +28,14 @@ from phaseedge.backends import BACKENDS, Backend, auto_backend_name, get_backend
 from phaseedge.bundled import SYNTHETIC_WARNING, default_model
 from phaseedge.jobs import CLOSED, JobQueue
 from phaseedge.metrics import fractions_from_counts
-from phaseedge.prepare import Prepared, prepare
+from phaseedge.prepare import Prepared, prepare_scales
 from phaseedge.resample import to_shape
 from phaseedge.result import Result
 from phaseedge.stitch import stitch, stream_tiles
 from phaseedge.strategies import AUTO, RATIO_MODES
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
 from phaseedge.tta import resolve as resolve_tta
+from phaseedge.tta import validate_scales
 
 __all__ = ["AUTO", "RATIO_MODES", "Segmenter", "default_model"]
 
@@ -63,13 +64,18 @@ class Segmenter:
     flipped (4 passes), "d4" also transposed (8 passes: every 90-degree rotation and
     reflection), and averages: slower, usually a little more accurate, and what
     `phaseedge-train eval --tta` / `--tta-mode d4` reports. ``self.tta`` is the mode name or None.
+    scales: multi-scale inference: the frame is segmented at each of these multiples of the
+    model's pixel size (0.8 = finer pixels, a larger frame) and the class probabilities, mapped
+    back to the frame's own grid, are averaged; the cost grows as the sum of 1 / s^2. Default
+    (1.0,): one pass. A ratio of "auto" is estimated in each pass; `Result.ratio` is the first
+    scale's. What `phaseedge-train eval --scales` reports (docs/results.md).
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float | None = None,
                  blend: str | None = None, batch_size: int | None = None, ratio_mode: str = "global",
                  queue_size: int = 4, backend_options: dict[str, Any] | None = None,
                  model_pixel_size_m: float | None = None, tta: bool | str | None = False, tile: int | None = None,
-                 halo: int | None = None) -> None:
+                 halo: int | None = None, scales: Iterable[float] | None = None) -> None:
         self.overlap = None if overlap is None else validate_overlap(overlap)
         self.blend = None if blend is None else validate_blend(blend)
         for key, value, least in (("tile", tile, 1), ("halo", halo, 0)):  # tile 0 would read as "unset"
@@ -94,6 +100,7 @@ class Segmenter:
             raise ValueError(f"model_pixel_size_m must be a positive number of metres, got {model_pixel_size_m!r}")
         self.model_pixel_size_m = None if model_pixel_size_m is None else float(model_pixel_size_m)
         self.tta = resolve_tta(tta)
+        self.scales = validate_scales(scales)
         self.device = device
         self._options = dict(backend_options or {})
         self._backend: Backend | None = None
@@ -252,12 +259,34 @@ class Segmenter:
                               block, timeout)
 
     # ------------------------------------------------------------------ internals
-    def _prepare(self, image: Any) -> Prepared:
+    def _prepare(self, image: Any) -> tuple[Prepared, ...]:
         backend = self.backend
-        return prepare(image, backend.normalization, self.model_pixel_size_m or getattr(backend, "pixel_size_m", None))
+        return prepare_scales(image, backend.normalization,
+                              self.model_pixel_size_m or getattr(backend, "pixel_size_m", None), self.scales)
 
-    def _segment_prepared(self, p: Prepared, spec: np.ndarray | str | ratio_mod.Partial | None,
+    def _segment_prepared(self, scaled: tuple[Prepared, ...], spec: np.ndarray | str | ratio_mod.Partial | None,
                           want_probs: bool) -> Result:
+        """One pass per scale; several are averaged as probabilities on the frame's own grid."""
+        if len(scaled) == 1:
+            return self._segment_one(scaled[0], spec, want_probs)
+        with self._lock:
+            t0 = time.perf_counter()
+            passes = [self._segment_one(p, spec, True) for p in scaled]
+            probs = passes[0].probabilities
+            for r in passes[1:]:
+                probs += r.probabilities
+            probs /= np.float32(len(passes))
+            labels = probs.argmax(axis=0).astype(np.uint8)
+            counts = np.bincount(labels.ravel(), minlength=len(probs)).astype(np.int64)
+            timings = {k: sum(r.timings[k] for r in passes) for k in passes[0].timings}
+            timings["total"] = time.perf_counter() - t0 + sum(p.seconds for p in scaled)
+        first = passes[0]
+        return dataclasses.replace(first, labels=labels, counts=counts, timings=timings,
+                                   probabilities=probs if want_probs else None,
+                                   fractions=dict(zip(first.class_names, fractions_from_counts(counts).tolist())))
+
+    def _segment_one(self, p: Prepared, spec: np.ndarray | str | ratio_mod.Partial | None,
+                     want_probs: bool) -> Result:
         with self._lock:
             backend = self.backend
             t0 = time.perf_counter()

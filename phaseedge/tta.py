@@ -1,6 +1,8 @@
 """Test-time augmentation: each tile is also run flipped (and, for "d4", transposed), and the
 probabilities, mapped back, are averaged, so a model trained with those symmetries gives its
-symmetry-averaged answer.
+symmetry-averaged answer. Multi-scale inference (``scales``) is the frame-level kind: the
+Segmenter runs the frame at several pixel sizes and averages on the frame's grid; its
+settings are checked and parsed here.
 
 The average is a pairwise sum divided by a power of two: for a model that is equivariant
 to the passes (a pointwise function) the result is bit-identical to a plain pass.
@@ -9,6 +11,7 @@ to the passes (a pointwise function) the result is bit-identical to a plain pass
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -35,6 +38,39 @@ def resolve(tta: bool | str | None) -> str | None:
     raise ValueError(f"tta must be False, True or one of {', '.join(MODES)}, got {tta!r}")
 
 
+#: multi-scale inference may ask for pixel sizes within this factor of the model's
+MAX_SCALE = 4.0
+
+
+def validate_scales(scales: Iterable[float] | None) -> tuple[float, ...]:
+    """``scales`` as a tuple of distinct positive finite numbers in [1/MAX_SCALE, MAX_SCALE];
+    None means (1.0,), one pass at the model's pixel size."""
+    if scales is None:
+        return (1.0,)
+    if isinstance(scales, (str, bytes)) or not isinstance(scales, Iterable):
+        raise TypeError(f"scales must be a sequence of numbers such as (0.8, 0.9, 1.0), got {scales!r}")
+    out = []
+    for s in scales:
+        if isinstance(s, bool) or not isinstance(s, (int, float, np.floating, np.integer)) or not (
+                math.isfinite(s) and 1.0 / MAX_SCALE <= s <= MAX_SCALE):
+            raise ValueError(f"each scale must be a number in [{1.0 / MAX_SCALE}, {MAX_SCALE}] "
+                             f"(a multiple of the model's pixel size), got {s!r}")
+        out.append(float(s))
+    if not out:
+        raise ValueError("scales must name at least one scale (1.0 = the model's pixel size)")
+    if len(set(out)) != len(out):
+        raise ValueError(f"scales repeat a value: {out}")
+    return tuple(out)
+
+
+def parse_scales(text: str) -> tuple[float, ...]:
+    """``--scales 0.8,0.9,1``: comma-separated multiples of the model's pixel size."""
+    try:
+        return validate_scales(float(t) for t in text.split(",") if t.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``--tta`` (a plain flag: flips) and ``--tta-mode MODE``, both into ``args.tta``.
 
@@ -45,6 +81,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="flip test-time augmentation (4 passes per tile, slower)")
     parser.add_argument("--tta-mode", dest="tta", choices=tuple(MODES),
                         help="test-time augmentation mode: flips (as --tta) or d4 (8 passes: also rotations)")
+    parser.add_argument("--scales", type=parse_scales, default=None, metavar="S,S,...",
+                        help="multi-scale inference: segment at these multiples of the model's pixel size "
+                             "(e.g. 0.8,0.9,1: finer pixels first) and average (default: 1, one pass)")
 
 
 def _flip(a: np.ndarray, rows: bool, cols: bool) -> np.ndarray:

@@ -109,3 +109,74 @@ def test_cli_options_do_not_swallow_the_image_path():
     assert p.parse_args(["--tta-mode", "d4", "a.tif"]).tta == "d4"
     with pytest.raises(SystemExit):
         p.parse_args(["--tta-mode", "rot", "a.tif"])
+
+
+# ------------------------------------------------------------------ multi-scale inference
+def _ramp(h: int = 97, w: int = 75) -> np.ndarray:
+    """A smooth frame: resampling it changes almost nothing, so every scale sees the same phases."""
+    y, x = np.mgrid[0:h, 0:w]
+    return (60000.0 * (0.6 * x / w + 0.4 * y / h)).astype(np.uint16)
+
+
+def test_scales_default_to_one_pass_at_the_models_pixel_size():
+    frame = _ramp()
+    a, b = Pointwise(), Pointwise()
+    plain = Segmenter(a, overlap=0.25).segment(frame, return_probabilities=True)
+    one = Segmenter(b, overlap=0.25, scales=[1.0]).segment(frame, return_probabilities=True)
+    assert Segmenter(Pointwise()).scales == (1.0,)
+    np.testing.assert_array_equal(plain.probabilities, one.probabilities)
+    assert a.calls == b.calls
+
+
+def test_multi_scale_averages_each_scales_probabilities_on_the_frame_grid():
+    frame = _ramp()
+    fine_only = Segmenter(Pointwise(), overlap=0.25, scales=(0.5,)).segment(frame, return_probabilities=True)
+    plain = Segmenter(Pointwise(), overlap=0.25).segment(frame, return_probabilities=True)
+    backend = Pointwise()
+    both = Segmenter(backend, overlap=0.25, scales=(0.5, 1.0)).segment(frame, return_probabilities=True)
+    assert fine_only.probabilities.shape == both.probabilities.shape == (3, 97, 75)  # the frame's own grid
+    np.testing.assert_array_equal(both.probabilities,
+                                  (fine_only.probabilities + plain.probabilities) / np.float32(2))
+    np.testing.assert_array_equal(both.labels, both.probabilities.argmax(axis=0))
+    assert both.counts.sum() == frame.size and both.fractions == pytest.approx(
+        {c: float((both.labels == i).mean()) for i, c in enumerate(both.class_names)})
+    # the 0.5 pass segments a frame of twice the side: about four times the tiles of the plain pass
+    plain_calls = Pointwise()
+    Segmenter(plain_calls, overlap=0.25).segment(frame)
+    assert backend.calls > 3 * plain_calls.calls
+    # a smooth frame is segmented alike at both scales
+    assert (fine_only.labels == plain.labels).mean() > 0.98
+    assert both.timings["total"] >= both.timings["infer"] > 0
+
+
+def test_prepare_scales_resamples_by_pixel_size_or_by_the_scale_alone():
+    from phaseedge.io import Frame
+    from phaseedge.prepare import prepare_scales
+
+    norm = {"method": "percentile", "low": 0.5, "high": 99.5}
+    frame = _ramp(40, 30)
+    plain, fine = prepare_scales(frame, norm, 5e-8, (1.0, 0.5))  # unknown pixel size: taken as the model's
+    assert plain.frame.shape == (40, 30) and plain.original_shape is None
+    assert fine.frame.shape == (80, 60) and fine.original_shape == (40, 30)
+    tagged = Frame(pixels=frame, path=None, pixel_size_m=1e-7, band_rows=0, bits=16)
+    at_model, coarse = prepare_scales(tagged, norm, 5e-8, (1.0, 2.0))  # frame pixels twice the model's
+    assert at_model.frame.shape == (80, 60) and coarse.frame.shape == (40, 30) and coarse.original_shape is None
+
+
+@pytest.mark.parametrize("bad", [(), (1.0, 1.0), (0.0,), (-1.0,), (float("nan"),), (5.0,), ("0.8",), (True,)])
+def test_scales_must_be_distinct_numbers_in_range(bad):
+    with pytest.raises(ValueError, match="scale"):
+        Segmenter(Pointwise(), scales=bad)
+
+
+def test_scales_on_the_command_line():
+    import argparse
+
+    p = argparse.ArgumentParser()
+    p.add_argument("images", nargs="+")
+    tta.add_arguments(p)
+    assert p.parse_args(["--scales", "0.8,0.9,1", "a.tif"]).scales == (0.8, 0.9, 1.0)
+    assert p.parse_args(["a.tif"]).scales is None
+    for bad in ("0.8,x", "0.8,0.8", "9"):
+        with pytest.raises(SystemExit):
+            p.parse_args(["--scales", bad, "a.tif"])

@@ -93,6 +93,7 @@ def open_segmenter(
     batch_size: int | None = None,
     ratio_mode: str = "global",
     tta: bool | str | None = False,
+    scales: tuple[float, ...] | None = None,
 ) -> Segmenter:
     """A Segmenter on ``model``: torch for a checkpoint directory or an nn.Module, else by file type."""
     torch_model = not isinstance(model, (str, Path)) or Path(model).is_dir()
@@ -103,6 +104,7 @@ def open_segmenter(
         ratio_mode=ratio_mode,
         batch_size=batch_size,
         tta=tta,
+        scales=scales,
     )
 
 
@@ -163,7 +165,8 @@ def evaluate(
     errors: dict[tuple, list[float]] = {k: [] for k in keys}
     shared = _ignores_ratio(seg)
     calibrating = Segmenter(seg.backend, overlap=seg.overlap, blend=seg.blend, batch_size=seg.batch_size,
-                            ratio_mode="calibrate", model_pixel_size_m=seg.model_pixel_size_m, tta=seg.tta)
+                            ratio_mode="calibrate", model_pixel_size_m=seg.model_pixel_size_m, tta=seg.tta,
+                            scales=seg.scales)
     bar = tqdm(total=len(items) * (1 if shared else len(accuracies)), desc="eval", disable=not progress)
     for it in items:
         truth = ratio_ops.from_mask(it.mask, n)
@@ -192,7 +195,7 @@ def evaluate(
         defined = {g: [dice[m] for m in members if dice[m] is not None] for g, members in groups.items()}
         summary["group_dice"] = {g: float(np.mean(v)) if v else None for g, v in defined.items()}
         summary.update(ratio_accuracy=a, calibrate=c, overlap=seg.overlap, images=len(items),
-                       ratio_mode=seg.ratio_mode, tta=seg.tta)
+                       ratio_mode=seg.ratio_mode, tta=seg.tta, scales=list(seg.scales))
         out.append(summary)
     return out
 
@@ -256,7 +259,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"checkpoint not found: {ckpt}")
     calibrations = {"on": (True,), "off": (False,), "both": (False, True)}[args.calibrate]
     pixel_sizes = read_pixel_sizes(args.pixel_sizes) if args.pixel_sizes else None
-    with open_segmenter(ckpt, args.overlap, args.batch_size, args.ratio_mode, args.tta) as seg:
+    with open_segmenter(ckpt, args.overlap, args.batch_size, args.ratio_mode, args.tta, args.scales) as seg:
         n_classes = seg.n_classes
         if args.data == "synth":
             items = synthetic(parse_seeds(args.synth_seeds), (args.synth_size, args.synth_size), n_classes)
