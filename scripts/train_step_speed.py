@@ -11,8 +11,8 @@ import argparse
 import time
 
 import torch
-from phaseedge.train.losses import LossConfig, segmentation_loss
 from phaseedge.train.loop import autocast_dtype
+from phaseedge.train.losses import LossConfig, segmentation_loss
 from phaseedge.train.models import build_model
 
 

@@ -30,12 +30,11 @@ from phaseedge.train.data import LabelledImage, load_folder, read_pixel_sizes, r
 from tqdm import tqdm
 
 from phaseedge import ratio as ratio_ops
+from phaseedge import tta as tta_mod
 from phaseedge.io import Frame
 from phaseedge.metrics import ConfusionMatrix, fractions_from_counts
 from phaseedge.segmenter import Segmenter
 from phaseedge.strategies import RATIO_MODES
-from phaseedge import tta as tta_mod
-
 
 #: expert-free ratios eval can measure: the runtime's "auto"; "em", Saerens EM prior re-estimation
 #: on the ratio-free posteriors (needs --train-prior-split); "iterN", the PLM fed its own fractions
@@ -250,8 +249,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    from phaseedge.train.data import synthetic
     from phaseedge.train.cliargs import parse_seeds
+    from phaseedge.train.data import synthetic
 
     torch.set_num_threads(args.threads)
     ckpt = Path(args.checkpoint)

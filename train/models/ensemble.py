@@ -12,9 +12,8 @@ from functools import reduce
 from typing import Any
 
 import torch
-from torch import nn
-
 from phaseedge.train.models.common import SegmentationModel
+from torch import nn
 
 #: the ``architecture`` of an ensemble's config; its ``arch_kwargs["members"]`` lists each
 #: member's ``{"architecture", "arch_kwargs", "merged"}``
