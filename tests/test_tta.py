@@ -180,3 +180,18 @@ def test_scales_on_the_command_line():
     for bad in ("0.8,x", "0.8,0.8", "9"):
         with pytest.raises(SystemExit):
             p.parse_args(["--scales", bad, "a.tif"])
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "calibrate"])
+def test_multi_scale_works_with_every_ratio_mode_and_entry_point(mode):
+    frame = _ramp()
+    seg = Segmenter(Pointwise(), overlap=0.25, scales=(0.8, 1.0), ratio_mode=mode)
+    direct = seg.segment(frame, ratio=[0.5, 0.3, 0.2])
+    auto = seg.segment(frame, ratio="auto")
+    assert auto.ratio_source == "auto" and auto.ratio is not None
+    streamed = list(seg.segment_many([frame, frame], ratio=[0.5, 0.3, 0.2]))
+    queued = seg.submit(frame, ratio=[0.5, 0.3, 0.2]).result(timeout=60)
+    for other in (*streamed, queued):
+        np.testing.assert_array_equal(other.labels, direct.labels)
+    assert direct.labels.shape == frame.shape and direct.probabilities is None
+    seg.close()
