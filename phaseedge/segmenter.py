@@ -271,16 +271,17 @@ class Segmenter:
             return self._segment_one(scaled[0], spec, want_probs)
         with self._lock:
             t0 = time.perf_counter()
-            passes = [self._segment_one(p, spec, True) for p in scaled]
-            probs = passes[0].probabilities
-            for r in passes[1:]:
+            first = self._segment_one(scaled[0], spec, True)
+            probs, timings = first.probabilities, dict(first.timings)
+            for p in scaled[1:]:  # summed as they come: one extra [n, H, W] array at a time
+                r = self._segment_one(p, spec, True)
                 probs += r.probabilities
-            probs /= np.float32(len(passes))
+                for k, v in r.timings.items():
+                    timings[k] += v
+            probs /= np.float32(len(scaled))
             labels = probs.argmax(axis=0).astype(np.uint8)
             counts = np.bincount(labels.ravel(), minlength=len(probs)).astype(np.int64)
-            timings = {k: sum(r.timings[k] for r in passes) for k in passes[0].timings}
             timings["total"] = time.perf_counter() - t0 + sum(p.seconds for p in scaled)
-        first = passes[0]
         return dataclasses.replace(first, labels=labels, counts=counts, timings=timings,
                                    probabilities=probs if want_probs else None,
                                    fractions=dict(zip(first.class_names, fractions_from_counts(counts).tolist())))
