@@ -97,12 +97,18 @@ def test_tta_must_be_a_known_mode(bad):
         Segmenter(Pointwise(), tta=bad)
 
 
-def test_cli_options_do_not_swallow_the_image_path():
+def _cli_parser():
+    """A command line with image paths and the test-time options, as `phaseedge segment` has."""
     import argparse
 
     p = argparse.ArgumentParser()
     p.add_argument("images", nargs="+")
     tta.add_arguments(p)
+    return p
+
+
+def test_cli_options_do_not_swallow_the_image_path():
+    p = _cli_parser()
     args = p.parse_args(["--tta", "a.tif", "b.tif"])
     assert args.tta == "flips" and args.images == ["a.tif", "b.tif"]
     assert p.parse_args(["a.tif"]).tta is None
@@ -170,11 +176,7 @@ def test_scales_must_be_distinct_numbers_in_range(bad):
 
 
 def test_scales_on_the_command_line():
-    import argparse
-
-    p = argparse.ArgumentParser()
-    p.add_argument("images", nargs="+")
-    tta.add_arguments(p)
+    p = _cli_parser()
     assert p.parse_args(["--scales", "0.8,0.9,1", "a.tif"]).scales == (0.8, 0.9, 1.0)
     assert p.parse_args(["a.tif"]).scales is None
     for bad in ("0.8,x", "0.8,0.8", "9"):
