@@ -21,9 +21,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 #: the interpreter of the PyTriton environment (PyTriton pins numpy<2, so it has its own)
 PYTHON_ENV = "PHASEEDGE_TRITON_PYTHON"
@@ -163,7 +166,7 @@ class LoopbackServer:
     def clear_record(self) -> None:
         self.record.write_text("")
 
-    def __enter__(self) -> LoopbackServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -18,7 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +36,9 @@ from phaseedge.strategies import AUTO, RATIO_MODES
 from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
 from phaseedge.tta import resolve as resolve_tta
 from phaseedge.tta import validate_scales
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 __all__ = ["AUTO", "RATIO_MODES", "Segmenter", "default_model"]
 
@@ -156,7 +159,7 @@ class Segmenter:
         return tiling.plan(height, width, b.allowed_tiles(), b.halo, self.requested_tile, self.overlap, self.halo,
                            self.blend)
 
-    def __enter__(self) -> Segmenter:
+    def __enter__(self) -> Self:
         _ = self.backend
         return self
 

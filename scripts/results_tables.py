@@ -67,14 +67,17 @@ def main() -> None:
         print("| random forest | " + " | ".join(pct(fr["per_class_dice"][n]) for n in names) + " |")
 
 
+def _row(results: list[dict], accuracy: object, calibrate: bool) -> dict | None:
+    """The sweep's row at one ratio accuracy and calibration; None where the sweep did not run it."""
+    return next((r for r in results if r["ratio_accuracy"] == accuracy and r["calibrate"] == calibrate), None)
+
+
 def summary(runs: list[tuple[str, list[dict]]]) -> None:
     print("| model | main-3, no ratio | main-3, α = 0.9 | main-3, α = 0.9 calibrated | macro-4 | macro-5 "
           "| MA | fraction MAE (pp) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for label, results in runs:
-        def at(a: object, cal: bool) -> dict | None:  # None where the sweep did not run it
-            return next((r for r in results if r["ratio_accuracy"] == a and r["calibrate"] == cal), None)
-        none, raw, cal = at("none", False), at(0.9, False), at(0.9, True)
+        none, raw, cal = _row(results, "none", False), _row(results, 0.9, False), _row(results, 0.9, True)
         print(f"| {label} | {pct(none and none['group_dice']['main3'])} | {pct(raw['group_dice']['main3'])} "
               f"| {pct(cal and cal['group_dice']['main3'])} | {pct(raw['group_dice']['macro4'])} | {pct(raw['macro_dice'])} "
               f"| {pct(raw['per_class_dice']['martensite_austenite'])} | {100 * raw['fraction_mae']:.2f} |")

@@ -190,7 +190,7 @@ def test_floor_counts_the_tiles_the_segmenter_uses(tmp_path, capsys):
                                                                         "high": 99.5},
                                   inputs=inputs, outputs=outputs, batch=(1, 2, 4), precision="fp32",
                                   tile_multiple=2, max_tile=512, halo=3), path)
-    grid, blend = plan(300, 700, range(32, 513, 2), 3)
+    grid, _ = plan(300, 700, range(32, 513, 2), 3)
     assert cli.main(["floor", "--model", str(path), "--frame", "700x300", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["tile"], out["tiles_per_frame"], out["blend"]) == (grid.tile, grid.n_tiles, "center")

@@ -81,7 +81,7 @@ def test_calibrated_scores_are_the_segmenters_calibrate_mode():
     item = _case()
     model = GreyLevelModel(plm=True)
     with open_segmenter(model) as seg:
-        (raw, cal) = evaluate(seg, [item], ["exact"], (False, True))
+        (_, cal) = evaluate(seg, [item], ["exact"], (False, True))
         with Segmenter(seg.backend, ratio_mode="calibrate") as runtime:
             before = model.calls_with_ratio
             runtime.segment(item.image, ratio=[0.5, 0.25, 0.25])

@@ -21,6 +21,8 @@ import numpy as np
 from phaseedge.normalize import METHOD
 
 if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
+
     from phaseedge.sidecar import Sidecar
 
 #: what a backend reports when its model records no normalisation: ``phaseedge.normalize.METHOD``
@@ -139,7 +141,7 @@ class Backend(abc.ABC):
     def close(self) -> None:
         """Release sessions / device memory. Safe to call twice."""
 
-    def __enter__(self) -> Backend:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -41,6 +41,9 @@ from phaseedge import names, sidecar
 from phaseedge.backends.base import Backend
 from phaseedge.gpu import has_cuda_gpu
 from phaseedge.sidecar import TARGET_MODULES
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self needs Python 3.11
 
 log = logging.getLogger(__name__)
 
@@ -532,7 +535,7 @@ class TensorRTBackend(Backend):
 
     # ---------------------------------------------------------------- life cycle
 
-    def __enter__(self) -> TensorRTBackend:
+    def __enter__(self) -> Self:
         self._ensure_ready()
         return self
 
