@@ -1,0 +1,59 @@
+"""Markdown table of a recipe screen (scripts/gpu_screen.sh): per variant, each seed's
+validation main-3 pooled Dice at the epoch the fit keeps (best macro-4, as `fit` selects) and at
+the last epoch, and their means, read from each run's ``log.jsonl``.
+
+usage: python scripts/screen_table.py SCREEN_DIR   (runs named VARIANT-sSEED)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+MAIN3 = ["matrix", "austenite", "martensite_austenite"]
+SELECT = MAIN3 + ["defect"]  # the recipe's select_classes
+
+
+def mean_dice(record: dict, classes: list[str]) -> float:
+    per_class = record["val"]["per_class_dice"]
+    return 100 * sum(per_class[c] for c in classes) / len(classes)
+
+
+def run_scores(log: Path) -> tuple[float, float, int]:
+    """(main-3 at the kept epoch, main-3 at the last epoch, number of epochs)."""
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+    if not records:
+        raise ValueError(f"{log} holds no epoch")
+    kept = max(records, key=lambda r: mean_dice(r, SELECT))  # first of equals, as fit keeps it
+    return mean_dice(kept, MAIN3), mean_dice(records[-1], MAIN3), len(records)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("screen_dir", type=Path)
+    args = ap.parse_args()
+    by_variant: dict[str, dict[int, tuple[float, float, int]]] = defaultdict(dict)
+    for log in sorted(args.screen_dir.glob("*/log.jsonl")):
+        m = re.fullmatch(r"(.+)-s(\d+)", log.parent.name)
+        if m is None:
+            raise ValueError(f"{log.parent.name}: expected VARIANT-sSEED")
+        by_variant[m[1]][int(m[2])] = run_scores(log)
+    if not by_variant:
+        raise SystemExit(f"no */log.jsonl under {args.screen_dir}")
+    print("| variant | seeds | main-3 per seed (kept epoch) | mean | mean of seeds 0, 1 | last-epoch mean | epochs |")
+    print("|---|---|---|---:|---:|---:|---|")
+    for variant, seeds in sorted(by_variant.items(), key=lambda kv: -sum(s[0] for s in kv[1].values()) / len(kv[1])):
+        kept = [seeds[s][0] for s in sorted(seeds)]
+        last = [seeds[s][1] for s in sorted(seeds)]
+        epochs = sorted({seeds[s][2] for s in seeds})
+        first2 = [seeds[s][0] for s in (0, 1) if s in seeds]
+        pair = f"{sum(first2) / len(first2):.1f}" if len(first2) == 2 else "—"
+        print(f"| {variant} | {', '.join(map(str, sorted(seeds)))} | {' / '.join(f'{k:.1f}' for k in kept)} "
+              f"| {sum(kept) / len(kept):.1f} | {pair} | {sum(last) / len(last):.1f} | {', '.join(map(str, epochs))} |")
+
+
+if __name__ == "__main__":
+    main()
