@@ -70,8 +70,8 @@ class Segmenter:
     scales: multi-scale inference: the frame is segmented at each of these multiples of the
     model's pixel size (0.8 = finer pixels, a larger frame) and the class probabilities, mapped
     back to the frame's own grid, are averaged; the cost grows as the sum of 1 / s^2. Default
-    (1.0,): one pass. A ratio of "auto" is estimated in each pass; `Result.ratio` is the first
-    scale's. What `phaseedge-train eval --scales` reports (docs/results.md).
+    (1.0,): one pass. A ratio of "auto" (or a partial one) is estimated once, at the scale nearest
+    1, and fed to every scale; `Result.ratio` is that vector. What `phaseedge-train eval --scales` reports (docs/results.md).
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float | None = None,
@@ -269,18 +269,27 @@ class Segmenter:
 
     def _segment_prepared(self, scaled: tuple[Prepared, ...], spec: np.ndarray | str | ratio_mod.Partial | None,
                           want_probs: bool) -> Result:
-        """One pass per scale; several are averaged as probabilities on the frame's own grid."""
+        """One pass per scale; several are averaged as probabilities on the frame's own grid.
+
+        The ratio is resolved once, at the scale nearest the model's pixel size, and that vector
+        feeds every other scale: one ratio-free survey for ``"auto"`` or a partial ratio, not one
+        per scale, and the result's ``ratio`` is the one every pass used."""
         if len(scaled) == 1:
             return self._segment_one(scaled[0], spec, want_probs)
+        ref = min(range(len(scaled)), key=lambda i: abs(self.scales[i] - 1.0))
         with self._lock:
             t0 = time.perf_counter()
-            first = self._segment_one(scaled[0], spec, True)
-            probs, timings = first.probabilities, dict(first.timings)
-            for p in scaled[1:]:  # summed as they come: one extra [n, H, W] array at a time
-                r = self._segment_one(p, spec, True)
-                probs += r.probabilities
+            first = self._segment_one(scaled[ref], spec, True)
+            resolved = spec if first.ratio_source in (None, "given") else first.ratio
+            probs, timings = None, {}
+            for i, p in enumerate(scaled):  # summed in the order of `scales`, as they come
+                r = first if i == ref else self._segment_one(p, resolved, True)
+                if probs is None:
+                    probs = r.probabilities
+                else:
+                    probs += r.probabilities
                 for k, v in r.timings.items():
-                    timings[k] += v
+                    timings[k] = timings.get(k, 0.0) + v
             probs /= np.float32(len(scaled))
             labels = probs.argmax(axis=0).astype(np.uint8)
             counts = np.bincount(labels.ravel(), minlength=len(probs)).astype(np.int64)

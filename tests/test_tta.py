@@ -197,3 +197,33 @@ def test_multi_scale_works_with_every_ratio_mode_and_entry_point(mode):
         np.testing.assert_array_equal(other.labels, direct.labels)
     assert direct.labels.shape == frame.shape and direct.probabilities is None
     seg.close()
+
+
+class RatioRecorder(Pointwise):
+    """Pointwise, recording the ratio rows each call was fed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ratios: list[np.ndarray] = []
+
+    def infer(self, images, ratio):
+        self.ratios.append(np.array(ratio, copy=True))
+        return super().infer(images, ratio)
+
+
+@pytest.mark.parametrize("spec", ["auto", {"c0": 0.5, "rest": "auto"}])
+def test_multi_scale_resolves_an_estimated_ratio_once_and_feeds_it_to_every_scale(spec):
+    frame = _ramp()
+    backend = RatioRecorder()
+    result = Segmenter(backend, overlap=0.25, scales=(0.8, 1.0)).segment(frame, ratio=spec)
+    # the estimate is the one scale 1 alone gives (the reference scale: the model's pixel size)
+    alone_backend = RatioRecorder()
+    alone = Segmenter(alone_backend, overlap=0.25).segment(frame, ratio=spec)
+    np.testing.assert_allclose(result.ratio, alone.ratio)
+    assert result.ratio_source == alone.ratio_source
+    fed = [row for r in backend.ratios for row in r if row.any()]
+    assert fed and all(np.allclose(row, result.ratio) for row in fed)  # every ratio-fed tile, both scales
+    # one ratio-free survey in all: the 0.8 scale reuses the estimate instead of surveying again
+    def surveyed(calls: list[np.ndarray]) -> int:
+        return sum(len(r) for r in calls if not r.any())
+    assert surveyed(backend.ratios) == surveyed(alone_backend.ratios) > 0
