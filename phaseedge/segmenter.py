@@ -33,7 +33,7 @@ from phaseedge.resample import to_shape
 from phaseedge.result import Result
 from phaseedge.stitch import stitch, stream_tiles
 from phaseedge.strategies import AUTO, RATIO_MODES
-from phaseedge.tiling import TileGrid, validate_blend, validate_overlap
+from phaseedge.tiling import TileGrid, validate_blend, validate_spacing
 from phaseedge.tta import resolve as resolve_tta
 from phaseedge.tta import validate_scales
 
@@ -79,14 +79,12 @@ class Segmenter:
                  queue_size: int = 4, backend_options: dict[str, Any] | None = None,
                  model_pixel_size_m: float | None = None, tta: bool | str | None = False, tile: int | None = None,
                  halo: int | None = None, scales: Iterable[float] | None = None) -> None:
-        self.overlap = None if overlap is None else validate_overlap(overlap)
+        self.overlap, self.halo = validate_spacing(overlap, halo)
         self.blend = None if blend is None else validate_blend(blend)
-        for key, value, least in (("tile", tile, 1), ("halo", halo, 0)):  # tile 0 would read as "unset"
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
-                raise ValueError(f"{key} must be a whole number of pixels >= {least} or None, got {value!r}")
-        if overlap is not None and halo is not None:
-            raise ValueError("give overlap (a fraction of the tile) or halo (pixels), not both")
-        self.requested_tile, self.halo = tile, halo
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile < 1):
+            # tile 0 would read as "unset"
+            raise ValueError(f"tile must be a whole number of pixels >= 1 or None, got {tile!r}")
+        self.requested_tile = tile
         if ratio_mode not in RATIO_MODES:
             raise ValueError(f"ratio_mode must be one of {', '.join(RATIO_MODES)}, got {ratio_mode!r}")
         self.ratio_mode = ratio_mode

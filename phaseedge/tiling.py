@@ -54,6 +54,16 @@ def validate_overlap(overlap: float) -> float:
     return overlap
 
 
+def validate_spacing(overlap: float | None, halo: int | None) -> tuple[float | None, int | None]:
+    """What the caller fixed of the tiles' spacing: an overlap fraction or a halo in pixels (or
+    neither: the model's default), checked once for `Segmenter` (at construction) and `plan`."""
+    if overlap is not None and halo is not None:
+        raise ValueError("give overlap (a fraction of the tile) or halo (pixels), not both")
+    if halo is not None and (isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0):
+        raise ValueError(f"halo must be a whole number of pixels >= 0 or None, got {halo!r}")
+    return (None if overlap is None else validate_overlap(overlap)), (None if halo is None else int(halo))
+
+
 def validate_blend(blend: str) -> str:
     if blend not in BLENDS:
         raise ValueError(f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
@@ -185,12 +195,9 @@ def plan(height: int, width: int, sizes: Sequence[int], model_halo: int | None, 
     given; an overlap fraction keeps
     the training tile, as fixed-tile models always do. Whether the model takes ``tile`` is
     `Backend.use_tile`'s check."""
-    if overlap is not None and halo is not None:
-        raise ValueError("give overlap (a fraction of the tile) or halo (pixels), not both")
-    if halo is not None and (isinstance(halo, bool) or not isinstance(halo, (int, np.integer)) or halo < 0):
-        raise ValueError(f"halo must be a whole number of pixels >= 0, got {halo!r}")
-    if overlap is None:
-        halo = model_halo if halo is None else int(halo)
+    overlap, halo = validate_spacing(overlap, halo)
+    if overlap is None and halo is None:
+        halo = model_halo
     if halo is not None:
         fits = [t for t in sizes if t * t <= MAX_TILE_PIXELS] or [min(sizes)]
         chosen = tile or choose_tile(height, width, fits, 2 * halo)
@@ -198,6 +205,6 @@ def plan(height: int, width: int, sizes: Sequence[int], model_halo: int | None, 
             raise ValueError(f"halo {halo} px leaves nothing of a {chosen} px tile (need 2 x halo < tile)")
         fraction, default_blend = 2 * halo / chosen, "center"
     else:
-        fraction = validate_overlap(DEFAULT_OVERLAP if overlap is None else overlap)
+        fraction = DEFAULT_OVERLAP if overlap is None else overlap
         chosen, default_blend = tile or sizes[0], "gaussian"  # a fraction of the training tile, as before
     return TileGrid.for_frame(height, width, chosen, fraction), validate_blend(blend or default_blend)

@@ -178,3 +178,22 @@ def test_plan_does_not_pick_tiles_past_the_memory_cap():
     grid, _ = plan(2048, 2048, SIZES, 20)  # one 2048 tile would compute the fewest pixels, but needs GBs
     assert grid.tile**2 <= MAX_TILE_PIXELS and grid.n_tiles == 4
     assert plan(2048, 2048, SIZES, 20, tile=2048)[0].n_tiles == 1  # asked for: given
+
+
+def test_spacing_is_checked_once_for_the_segmenter_and_plan():
+    from phaseedge import Segmenter
+    from phaseedge.tiling import validate_spacing
+
+    assert validate_spacing(None, None) == (None, None)
+    assert validate_spacing(0.5, None) == (0.5, None)
+    halo = validate_spacing(None, np.int64(6))[1]
+    assert halo == 6 and type(halo) is int
+    for bad in (-1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="halo must be a whole number"):
+            validate_spacing(None, bad)
+        with pytest.raises(ValueError, match="halo must be a whole number"):
+            Segmenter(object(), halo=bad)  # refused at construction, before any backend is touched
+        with pytest.raises(ValueError, match="halo must be a whole number"):
+            plan(100, 100, SIZES, None, halo=bad)
+    with pytest.raises(ValueError, match=r"overlap must be in \[0, 1\)"):
+        Segmenter(object(), overlap=1.0)
