@@ -76,3 +76,24 @@ def test_a_sidecar_range_must_fit_the_training_tile(graphs):
                        ({"tile_multiple": None, "max_tile": None}, "contract")):
         with pytest.raises(sidecar.SidecarError, match=match):
             sidecar.Sidecar.from_dict({**sc.to_dict(), **bad})
+
+
+def test_eval_overlap_auto_scores_the_tiling_the_runtime_deploys(graphs):
+    """`phaseedge-train eval --overlap auto` keeps the Segmenter's default: big tiles from the
+    measured halo, as `phaseedge segment` runs the graph; a number keeps the training tile."""
+    import argparse
+
+    pytest.importorskip("torch")
+    from phaseedge.train.evaluate import open_segmenter, parse_overlap
+
+    assert parse_overlap("auto") is None and parse_overlap("0.5") == 0.5
+    with pytest.raises(argparse.ArgumentTypeError, match="or 'auto'"):
+        parse_overlap("big")
+    with open_segmenter(graphs["ratio"], parse_overlap("auto")) as deployed, \
+            open_segmenter(graphs["ratio"], parse_overlap("0.25")) as fixed, Segmenter(graphs["ratio"]) as cli:
+        def tiling(seg: Segmenter) -> tuple[int, float, str]:
+            grid, blend = seg.tiling_for(300, 301)
+            return grid.tile, grid.overlap, blend
+
+        assert tiling(deployed) == tiling(cli) and tiling(deployed)[0] > 32 and tiling(deployed)[2] == "center"
+        assert tiling(fixed) == (32, 0.25, "gaussian")

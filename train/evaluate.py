@@ -86,9 +86,19 @@ def estimated_ratio(seg: Segmenter, it: LabelledImage, how: str, train_prior: np
     return r
 
 
+def parse_overlap(text: str) -> float | None:
+    """``--overlap``: a fraction, or ``auto`` (None: the Segmenter's default tiling)."""
+    if text == "auto":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"overlap must be a number in [0, 1) or 'auto', got {text!r}") from None
+
+
 def open_segmenter(
     model: Any,
-    overlap: float = 0.25,
+    overlap: float | None = 0.25,
     batch_size: int | None = None,
     ratio_mode: str = "global",
     tta: bool | str | None = False,
@@ -193,7 +203,8 @@ def evaluate(
         # the macro convention: classes in neither truth nor prediction (None) are left out
         defined = {g: [dice[m] for m in members if dice[m] is not None] for g, members in groups.items()}
         summary["group_dice"] = {g: float(np.mean(v)) if v else None for g, v in defined.items()}
-        summary.update(ratio_accuracy=a, calibrate=c, overlap=seg.overlap, images=len(items),
+        summary.update(ratio_accuracy=a, calibrate=c, overlap="auto" if seg.overlap is None else seg.overlap,
+                       images=len(items),
                        ratio_mode=seg.ratio_mode, tta=seg.tta, scales=list(seg.scales))
         out.append(summary)
     return out
@@ -227,7 +238,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (default 1: best on a shared machine)"
     )
-    p.add_argument("--overlap", type=float, default=0.25, help="tile overlap in [0, 1)")
+    p.add_argument("--overlap", type=parse_overlap, default=0.25,
+                   help="tile overlap in [0, 1), or 'auto': the runtime's own default tiling (big tiles "
+                        "with the model's measured halo where its sidecar has one, as `phaseedge segment` "
+                        "runs it; else 0.25)")
     p.add_argument("--ratio-mode", default="global", choices=RATIO_MODES, help="how the ratio is fed (Segmenter)")
     tta_mod.add_arguments(p)
     p.add_argument("--pixel-sizes", type=Path, help="CSV image,pixel_size_m: frames are resampled to the model's")
