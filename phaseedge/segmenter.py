@@ -71,7 +71,8 @@ class Segmenter:
     model's pixel size (0.8 = finer pixels, a larger frame) and the class probabilities, mapped
     back to the frame's own grid, are averaged; the cost grows as the sum of 1 / s^2. Default
     (1.0,): one pass. A ratio of "auto" (or a partial one) is estimated once, at the scale nearest
-    1, and fed to every scale; `Result.ratio` is that vector. What `phaseedge-train eval --scales` reports (docs/results.md).
+    1, and fed to every scale; `Result.ratio` is that vector. What `phaseedge-train eval --scales`
+    reports (docs/results.md).
     """
 
     def __init__(self, model: Any, backend: str = "auto", device: int = 0, overlap: float | None = None,
