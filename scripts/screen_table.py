@@ -1,6 +1,6 @@
 """Markdown table of a recipe screen (scripts/gpu_screen.sh): per variant, each seed's
-validation main-3 pooled Dice at the epoch the fit keeps (best macro-4, as `fit` selects) and at
-the last epoch, and their means, read from each run's ``log.jsonl``.
+validation main-3 pooled Dice at the epoch the fit keeps (the ``best_epoch`` its ``log.jsonl``
+records: best ``select_classes`` Dice, macro-4 in the recipe) and at the last epoch, and their means.
 
 usage: python scripts/screen_table.py SCREEN_DIR   (runs named VARIANT-sSEED)
 """
@@ -14,12 +14,11 @@ from collections import defaultdict
 from pathlib import Path
 
 MAIN3 = ["matrix", "austenite", "martensite_austenite"]
-SELECT = MAIN3 + ["defect"]  # the recipe's select_classes
 
 
-def mean_dice(record: dict, classes: list[str]) -> float:
+def main3(record: dict) -> float:
     per_class = record["val"]["per_class_dice"]
-    return 100 * sum(per_class[c] for c in classes) / len(classes)
+    return 100 * sum(per_class[c] for c in MAIN3) / len(MAIN3)
 
 
 def run_scores(log: Path) -> tuple[float, float, int]:
@@ -27,8 +26,8 @@ def run_scores(log: Path) -> tuple[float, float, int]:
     records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     if not records:
         raise ValueError(f"{log} holds no epoch")
-    kept = max(records, key=lambda r: mean_dice(r, SELECT))  # first of equals, as fit keeps it
-    return mean_dice(kept, MAIN3), mean_dice(records[-1], MAIN3), len(records)
+    kept = next(r for r in records if r["epoch"] == records[-1]["best_epoch"])  # what fit kept
+    return main3(kept), main3(records[-1]), len(records)
 
 
 def main() -> None:
