@@ -4,6 +4,8 @@
 ``OUT/`` after a run:
 - ``config.json``  the full :class:`FitConfig` (what to pass back with ``--config``)
 - ``log.jsonl``    one line per epoch: losses, validation metrics, gamma/delta of the PLM
+- ``pretrain.json`` when ``pretrain.steps`` > 0: the self-supervised stage's loss curve and minutes
+  (:mod:`phaseedge.train.pretrain`, run before the first epoch and counted in the fit's minutes)
 - ``state/``       resume point: trainable weights + buffers (and their EMA), Adam moments, epoch/step,
                    sampler and torch RNG (safetensors + JSON, no pickles)
 - ``best/``        the best epoch by validation Dice (of the EMA weights when ``ema`` is set): a LoRA-merged checkpoint
@@ -43,6 +45,7 @@ from phaseedge.train.augment import (
 from phaseedge.train.data import LabelledImage, class_frequencies, to_pixel_size
 from phaseedge.train.losses import LossConfig, resolve_class_weights, segmentation_loss
 from phaseedge.train.models import build_model, load_sam_checkpoint
+from phaseedge.train.pretrain import PretrainConfig, pretrain
 from phaseedge.train.settings import check_known
 from safetensors.torch import load_file, save_file
 from torch.optim.swa_utils import AveragedModel
@@ -96,6 +99,7 @@ class FitConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     ratio: RatioConfig = field(default_factory=RatioConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # self-supervised first stage (U-Nets)
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
@@ -105,6 +109,7 @@ class FitConfig:
             "augment": AugmentConfig.from_dict(d.pop("augment", {}) or {}),
             "ratio": RatioConfig.from_dict(d.pop("ratio", {}) or {}),
             "loss": LossConfig.from_dict(d.pop("loss", {}) or {}),
+            "pretrain": PretrainConfig.from_dict(d.pop("pretrain", {}) or {}),
         }
         return cls(**d, **sub).checked()
 
@@ -359,10 +364,17 @@ def fit(
     total_steps = steps_per_epoch * cfg.epochs
 
     start = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": None}
+    t0 = time.monotonic()
     if resume:
         start = load_state(out, model, opt, scaler, rng, ema)
+    elif cfg.pretrain.steps:  # the state saved after each epoch holds the pretrained weights
+        pretrain(model, cfg.pretrain, train_items, tile=cfg.tile, batch_size=cfg.batch_size,
+                 augment=cfg.augment, seed=cfg.seed, cast=cast, memory_format=fmt, out=out,
+                 progress=progress)
+        if ema is not None:  # average from the pretrained weights, not the random ones
+            ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
+            scored = ema.module
     best = {"dice": start["best_dice"], "epoch": start["best_epoch"]}
-    t0 = time.monotonic()
     budget = cfg.max_minutes * 60.0 if cfg.max_minutes else math.inf
     val_seconds = 0.0
     stopped = False
