@@ -74,19 +74,21 @@ def _state(out):
     )
 
 
-@pytest.mark.parametrize("schedule", ["constant", "poly"])
-def test_resume_gives_the_same_state(frames, tmp_path, schedule):
+@pytest.mark.parametrize("schedule,optimizer", [("constant", "adam"), ("poly", "adam"), ("poly", "sgd")])
+def test_resume_gives_the_same_state(frames, tmp_path, schedule, optimizer):
     """Constant lr: a run extended from 1 to 2 epochs equals a 2-epoch run. Poly lr (which
-    depends on the total): a 2-epoch run stopped after its first step and resumed equals it."""
+    depends on the total): a 2-epoch run stopped after its first step and resumed equals it.
+    With SGD the momentum buffers are what must come back."""
     train, val = frames
     straight, split = tmp_path / "straight", tmp_path / "split"
-    fit(_cfg(epochs=2, lr_schedule=schedule), train, val, straight, progress=False)
+    kw = {"lr_schedule": schedule, "optimizer": optimizer, "weight_decay": 3e-5 if optimizer == "sgd" else 0.0}
+    fit(_cfg(epochs=2, **kw), train, val, straight, progress=False)
     if schedule == "constant":
-        fit(_cfg(epochs=1, lr_schedule=schedule), train, val, split, progress=False)
+        fit(_cfg(epochs=1, **kw), train, val, split, progress=False)
     else:
-        stopped = fit(_cfg(epochs=2, max_minutes=1e-6), train, val, split, progress=False)
+        stopped = fit(_cfg(epochs=2, max_minutes=1e-6, **kw), train, val, split, progress=False)
         assert stopped["stopped_by_time"]
-    fit(_cfg(epochs=2, lr_schedule=schedule), train, val, split, resume=True, progress=False)
+    fit(_cfg(epochs=2, **kw), train, val, split, resume=True, progress=False)
     (wa, oa), (wb, ob) = _state(straight), _state(split)
     assert wa.keys() == wb.keys() and oa.keys() == ob.keys()
     for k in wa:
@@ -227,6 +229,28 @@ def test_bad_settings_are_refused():
     for bad in (1.0, 0, -0.5, True, "0.999"):
         with pytest.raises(ValueError, match="ema"):
             FitConfig.from_dict({"ema": bad})
+    with pytest.raises(ValueError, match="optimizer must be one of adam, sgd"):
+        FitConfig.from_dict({"optimizer": "lion"})
+    for bad in (-1e-4, 1.0, True, "1e-4"):
+        with pytest.raises(ValueError, match="weight_decay"):
+            FitConfig.from_dict({"weight_decay": bad})
+
+
+def test_sgd_is_nesterov_and_lowers_the_loss_and_resume_refuses_another_optimizer(frames, tmp_path):
+    """nnU-Net's optimizer trains (the loss falls over a few epochs) and its saved state does
+    not load into an Adam run, which would otherwise crash on the missing moments."""
+    from phaseedge.train.loop import make_optimizer
+
+    opt = make_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 0.01, 3e-5)
+    assert isinstance(opt, torch.optim.SGD)
+    assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.99 and opt.defaults["weight_decay"] == 3e-5
+    train, val = frames
+    out = tmp_path / "sgd"
+    fit(_cfg(epochs=4, optimizer="sgd", lr=0.01, lr_schedule="constant"), train, val, out, progress=False)
+    losses = [json.loads(line)["train"]["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert losses[-1] < losses[0]
+    with pytest.raises(ValueError, match="saved with SGD, not Adam"):
+        fit(_cfg(epochs=5, lr_schedule="constant"), train, val, out, resume=True, progress=False)
 
 
 def test_set_overrides_nested_config_settings(tmp_path):

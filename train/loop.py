@@ -6,7 +6,7 @@
 - ``log.jsonl``    one line per epoch: losses, validation metrics, gamma/delta of the PLM
 - ``pretrain.json`` when ``pretrain.steps`` > 0: the self-supervised stage's loss curve and minutes
   (:mod:`phaseedge.train.pretrain`, run before the first epoch and counted in the fit's minutes)
-- ``state/``       resume point: trainable weights + buffers (and their EMA), Adam moments, epoch/step,
+- ``state/``       resume point: trainable weights + buffers (and their EMA), optimizer moments, epoch/step,
                    sampler and torch RNG (safetensors + JSON, no pickles)
 - ``best/``        the best epoch by validation Dice (of the EMA weights when ``ema`` is set): a LoRA-merged checkpoint
                    (``phaseedge.train.checkpoint``) plus ``trainable.safetensors`` and ``metrics.json``
@@ -58,6 +58,14 @@ STATE_VERSION = 1
 #: the step count of the weight average, beside its tensors in state/ema.safetensors
 EMA_COUNT = "ema.n_averaged"
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+OPTIMIZERS = ("adam", "sgd")
+
+
+def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """Adam (the recipe), or nnU-Net's SGD: Nesterov momentum 0.99, which its poly schedule assumes."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.99, nesterov=True, weight_decay=weight_decay)
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -93,6 +101,8 @@ class FitConfig:
     val_ratio_mode: str = "global"  # how validation feeds the ratio (a Segmenter ratio_mode)
     select_classes: list[str] | None = None  # best epoch by mean Dice over these (None: all)
     lr_schedule: str = "poly"  # "poly": lr * (1 - it / total) ** 0.9 (nnU-Net); "constant"
+    optimizer: str = "adam"  # "adam", or "sgd": nnU-Net's SGD with Nesterov momentum 0.99 (give it lr ~1e-2)
+    weight_decay: float = 0.0  # L2 on the trainable weights (nnU-Net: 3e-5 with SGD)
     ema: float | None = None  # weight EMA decay per step (e.g. 0.999): validate and keep the average
     pixel_size_m: float | str | None = None  # train at one pixel size: metres, "median" or None
     trained_on: str | None = None  # dataset name recorded in the checkpoint ("synthetic" for phaseedge.synth)
@@ -138,6 +148,11 @@ class FitConfig:
             raise ValueError(f"ema must be a decay in (0, 1) or null, got {self.ema!r}")
         if self.lr_schedule not in ("poly", "constant"):
             raise ValueError(f"lr_schedule must be 'poly' or 'constant', got {self.lr_schedule!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or not 0.0 <= wd < 1.0:
+            raise ValueError(f"weight_decay must be a number in [0, 1), got {wd!r}")
         ps = self.pixel_size_m
         if ps is not None and ps != "median" and (
             isinstance(ps, bool) or not isinstance(ps, (int, float)) or not 0 < ps < 1e-3
@@ -195,6 +210,7 @@ def save_state(out: Path, model, opt, scaler, rng: np.random.Generator, progress
     meta = {
         "state_version": STATE_VERSION,
         "progress": progress,
+        "optimizer": type(opt).__name__,
         "param_groups": opt_sd["param_groups"],
         "numpy_rng": rng.bit_generator.state,
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
@@ -227,6 +243,10 @@ def load_state(out: Path, model, opt, scaler, rng: np.random.Generator, ema: Ave
         averaged = load_file(str(d / "ema.safetensors"))
         ema.n_averaged.copy_(averaged.pop(EMA_COUNT))
         _load_trainable_state(ema.module, averaged, d)
+    saved_opt = meta.get("optimizer", "Adam")  # states from before the optimizer setting were Adam's
+    if saved_opt != type(opt).__name__:
+        raise ValueError(f"{d}: the run was saved with {saved_opt}, not {type(opt).__name__}; "
+                         "resume it with the optimizer it started with")
     tensors = load_file(str(d / "optimizer.safetensors"))
     torch.set_rng_state(tensors.pop("rng.torch"))
     state: dict[int, dict[str, torch.Tensor]] = {}
@@ -353,7 +373,7 @@ def fit(
         load_sam_checkpoint(model, cfg.sam_checkpoint)
     model = model.to(device, memory_format=fmt)
     params = model.trainable_parameters()
-    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay)
     ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True) if cfg.ema else None
     scored = ema.module if ema is not None else model  # what validation scores and best/ keeps
     scaler = torch.amp.GradScaler("cuda", enabled=cast == torch.float16)
