@@ -1,4 +1,5 @@
-"""U-Net options of the MetalDAM ablation: residual encoder stages and deep supervision."""
+"""U-Net options of the MetalDAM ablation: residual encoder stages, deep supervision and the
+normalisation layer."""
 
 from __future__ import annotations
 
@@ -59,6 +60,26 @@ def test_deep_supervision_heads_are_coarser_and_forward_ignores_them():
             build_model("unet", 3, tile=64, width=4, depth=3, deep_supervision=bad)
 
 
+def test_instance_norm_normalises_each_sample_alone_and_is_recorded():
+    """InstanceNorm blocks: a sample's training-mode output does not depend on its batch mates
+    (BatchNorm's does), the choice is in the config for the checkpoint, the default leaves no key."""
+    torch.manual_seed(0)
+    inst = build_model("unet-tiny", 3, tile=32, norm="instance").train()
+    batch = build_model("unet-tiny", 3, tile=32).train()
+    kinds = {type(m) for m in inst.modules()}
+    assert torch.nn.InstanceNorm2d in kinds and torch.nn.BatchNorm2d not in kinds
+    assert inst.config["arch_kwargs"]["norm"] == "instance"
+    assert "norm" not in batch.config["arch_kwargs"]  # old checkpoints keep loading unchanged
+    x, r = torch.rand(2, 1, 32, 32), torch.zeros(2, 3)
+    mates = torch.cat([x[:1], 3.0 * torch.rand(1, 1, 32, 32)])
+    with torch.no_grad():
+        torch.testing.assert_close(inst(mates, r)[:1], inst(x, r)[:1])
+        assert not torch.allclose(batch(mates, r)[:1], batch(x, r)[:1], atol=1e-4)
+    for bad in ("layer", "Instance", None):
+        with pytest.raises(ValueError, match="norm must be one of batch, instance"):
+            build_model("unet-tiny", 3, tile=32, norm=bad)
+
+
 def test_deep_supervision_loss_weights_halve_and_normalise():
     masks = torch.from_numpy(np.tile(np.repeat(np.arange(3), 4), (1, 16, 1)))  # [1,16,12], three 4-wide bands
     onehot = torch.nn.functional.one_hot(masks, 3).permute(0, 3, 1, 2).float()
@@ -81,14 +102,17 @@ def test_fit_trains_the_heads_and_the_checkpoint_reloads(tmp_path):
     torch.set_num_threads(1)
     train, val = synthetic([101, 102], (96, 96), 3), synthetic([201], (64, 64), 3)
     cfg = FitConfig.from_dict({
-        "model": "unet-tiny", "model_kwargs": {"residual": True, "deep_supervision": 1}, "tile": 32,
+        "model": "unet-tiny", "model_kwargs": {"residual": True, "deep_supervision": 1, "norm": "instance"},
+        "tile": 32,
         "batch_size": 4, "crops_per_epoch": 8, "lr": 3e-3, "class_names": NAMES, "seed": 3, "epochs": 1,
     })
     torch.manual_seed(cfg.seed)  # fit seeds torch the same way before it builds the model
-    before = build_model("unet-tiny", 3, tile=32, residual=True, deep_supervision=1)
+    before = build_model("unet-tiny", 3, tile=32, residual=True, deep_supervision=1, norm="instance")
     fit(cfg, train, val, tmp_path / "run", progress=False)
     model = checkpoint.load(tmp_path / "run" / "best")
-    assert json.loads((tmp_path / "run" / "best" / "config.json").read_text())["arch_kwargs"]["deep_supervision"] == 1
+    saved = json.loads((tmp_path / "run" / "best" / "config.json").read_text())["arch_kwargs"]
+    assert saved["deep_supervision"] == 1 and saved["norm"] == "instance"
+    assert isinstance(model.down[0].body[1], torch.nn.InstanceNorm2d)
     assert model.down[0].skip[0].weight.shape == before.down[0].skip[0].weight.shape
     assert not torch.equal(model.aux_heads[0].weight, before.aux_heads[0].weight)  # the head's loss trained it
 
@@ -112,5 +136,31 @@ def test_export_keeps_the_residual_stages_and_drops_the_heads(tmp_path):
     img = np.random.default_rng(5).integers(0, 65535, (57, 83)).astype(np.uint16)
     ort_res = Segmenter(path, overlap=0.5).segment(img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
     torch_res = Segmenter(model, backend="torch", overlap=0.5, backend_options={"class_names": NAMES}).segment(
+        img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
+    np.testing.assert_allclose(ort_res.probabilities, torch_res.probabilities, atol=2e-3)
+
+
+@pytest.mark.slow  # a real (dynamo) ONNX export
+@pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")
+def test_instance_norm_exports_a_fixed_tile_graph_that_matches_torch(tmp_path):
+    """InstanceNorm normalises by the whole tile, so no halo exists: the graph keeps the training
+    tile, the sidecar says so, and the runtime tiles the frame at that size as validation did."""
+    import onnx
+    from phaseedge.export.onnx_export import export_model, model_info
+
+    from phaseedge import Segmenter
+
+    torch.manual_seed(0)
+    model = build_model("unet-tiny", 3, tile=32, norm="instance").eval()
+    assert model.tile_multiple is None
+    with pytest.raises(ValueError, match="must be 32x32"):
+        model(torch.rand(1, 1, 64, 64), torch.zeros(1, 3))
+    result = export_model(model, model_info(model, tuple(NAMES)), tmp_path / "m.onnx", batch=(1, 2, 4),
+                          log=lambda *a: None)
+    assert result.sidecar.tile_multiple is None and result.sidecar.halo is None
+    assert "InstanceNormalization" in {n.op_type for n in onnx.load(str(result.path)).graph.node}
+    img = np.random.default_rng(6).integers(0, 65535, (57, 83)).astype(np.uint16)
+    ort_res = Segmenter(result.path).segment(img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
+    torch_res = Segmenter(model, backend="torch", backend_options={"class_names": NAMES}).segment(
         img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
     np.testing.assert_allclose(ort_res.probabilities, torch_res.probabilities, atol=2e-3)

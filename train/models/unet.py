@@ -10,7 +10,9 @@ docs/results.md measures both.
 1.94M parameters); ``attention-unet`` adds additive attention gates on the skip connections
 (Oktay et al. 2018). BatchNorm folds into the convolutions at export.
 
-Two options measured for the MetalDAM recipe (docs/results.md, ablation table):
+Three options measured for the MetalDAM recipe (docs/results.md, ablation table):
+``norm="instance"`` puts InstanceNorm (nnU-Net's default) in every conv block instead of
+BatchNorm (the attention gates keep theirs);
 ``residual`` makes each encoder stage a residual block (nnU-Net's ResEnc U-Net, Isensee et al.
 2024); ``deep_supervision`` adds a 1x1 classifier on that many coarser decoder levels, whose
 losses train the decoder at every scale (nnU-Net). The extra heads run only in
@@ -29,33 +31,42 @@ from torch import nn
 #: where the PLM sits; the first is the default
 PLM_PLACEMENTS = ("bottleneck", "decoder")
 
+#: feature normalisation; the first is the default. BatchNorm uses statistics learnt in training,
+#: so a tile's output does not depend on the tile's size and the layer folds into the conv at
+#: export; InstanceNorm (nnU-Net's choice) normalises each tile by its own statistics.
+NORMS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}
 
-def _double_conv(cin: int, cout: int) -> nn.Sequential:
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    return NORMS[kind](channels, affine=True) if kind == "instance" else NORMS[kind](channels)
+
+
+def _double_conv(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        _norm(norm, cout),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
+        _norm(norm, cout),
         nn.ReLU(inplace=True),
     )
 
 
 class ResidualBlock(nn.Module):
-    """conv-BN-ReLU-conv-BN plus the input (1x1 conv + BN where the width changes), then ReLU."""
+    """conv-norm-ReLU-conv-norm plus the input (1x1 conv + norm where the width changes), then ReLU."""
 
-    def __init__(self, cin: int, cout: int) -> None:
+    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
+            _norm(norm, cout),
             nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False),
-            nn.BatchNorm2d(cout),
+            _norm(norm, cout),
         )
         self.skip = (
             nn.Identity() if cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, kernel_size=1, bias=False), nn.BatchNorm2d(cout))
+            else nn.Sequential(nn.Conv2d(cin, cout, kernel_size=1, bias=False), _norm(norm, cout))
         )
         self.act = nn.ReLU(inplace=True)
 
@@ -95,6 +106,7 @@ class UNet(SegmentationModel):
         attention: bool = False,
         residual: bool = False,
         deep_supervision: int = 0,
+        norm: str = "batch",
     ) -> None:
         super().__init__(n_classes=n_classes, tile=tile, config=config)
         if width < 1 or depth < 1:
@@ -108,24 +120,28 @@ class UNet(SegmentationModel):
         ):
             raise ValueError(f"deep_supervision must be an integer in 0..{depth - 1} (heads on the coarser "
                              f"decoder levels), got {deep_supervision!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
         self.plm_at = plm_at
         chans = [width * 2**i for i in range(depth + 1)]
         block = ResidualBlock if residual else _double_conv
-        self.down = nn.ModuleList([block(1, chans[0])])
-        self.down.extend(block(chans[i], chans[i + 1]) for i in range(depth))
+        self.down = nn.ModuleList([block(1, chans[0], norm)])
+        self.down.extend(block(chans[i], chans[i + 1], norm) for i in range(depth))
         self.pool = nn.MaxPool2d(2)
         self.up = nn.ModuleList(
             nn.ConvTranspose2d(chans[i + 1], chans[i], kernel_size=2, stride=2)
             for i in reversed(range(depth))
         )
-        self.up_conv = nn.ModuleList(_double_conv(2 * chans[i], chans[i]) for i in reversed(range(depth)))
+        self.up_conv = nn.ModuleList(_double_conv(2 * chans[i], chans[i], norm) for i in reversed(range(depth)))
         self.gates = (
             nn.ModuleList(AttentionGate(chans[i]) for i in reversed(range(depth))) if attention else None
         )
         plm_channels = chans[-1] if plm_at == "bottleneck" else width
         span = tile // 2**depth if plm_at == "bottleneck" else tile
         self.plm = PhaseLearningModule(plm_channels, n_classes, span=(span, span)) if plm else None
-        self.tile_multiple = 2**depth  # fully convolutional: any multiple of 2**depth (export/onnx_export.py)
+        # BatchNorm: fully convolutional, any multiple of 2**depth (export/onnx_export.py measures the
+        # halo); InstanceNorm sees the whole tile, so it runs at the training tile only, as trained
+        self.tile_multiple = 2**depth if norm == "batch" else None
         self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
         # aux_heads[k] classifies the decoder level 2**(k+1) times coarser than the output
         self.aux_heads = nn.ModuleList(
