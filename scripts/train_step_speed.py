@@ -2,7 +2,8 @@
 one thread) in fp32, bf16 autocast and bf16 + channels-last: why the recipe sets
 ``"precision": "bf16", "channels_last": true`` (docs/results.md).
 
-usage: python scripts/train_step_speed.py [--steps 6]   (the first 2 steps are warm-up)
+usage: python scripts/train_step_speed.py [--steps 6] [--norm instance]   (the first 2 steps are warm-up;
+--norm: the U-Net's normalisation layer, docs/results.md's InstanceNorm row)
 """
 
 from __future__ import annotations
@@ -16,10 +17,12 @@ from phaseedge.train.losses import LossConfig, segmentation_loss
 from phaseedge.train.models import build_model
 
 
-def step_seconds(precision: str, channels_last: bool, steps: int, tile: int = 256, batch: int = 4) -> float:
+def step_seconds(precision: str, channels_last: bool, steps: int, tile: int = 256, batch: int = 4,
+                 norm: str = "batch") -> float:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_model("unet", 5, plm=True, tile=tile, width=16, depth=4, plm_at="bottleneck").to(memory_format=fmt)
+    model = build_model("unet", 5, plm=True, tile=tile, width=16, depth=4, plm_at="bottleneck",
+                        norm=norm).to(memory_format=fmt)
     opt = torch.optim.Adam(model.trainable_parameters(), 1e-3)
     x = torch.rand(batch, 1, tile, tile).contiguous(memory_format=fmt)
     y = torch.randint(0, 5, (batch, tile, tile))
@@ -41,10 +44,11 @@ def step_seconds(precision: str, channels_last: bool, steps: int, tile: int = 25
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--norm", default="batch", choices=("batch", "instance"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     for precision, cl in (("fp32", False), ("bf16", False), ("bf16", True)):
-        print(f"{precision}{' + channels_last' if cl else ''}: {step_seconds(precision, cl, args.steps):.3f} s/step")
+        print(f"{precision}{' + channels_last' if cl else ''}: {step_seconds(precision, cl, args.steps, norm=args.norm):.3f} s/step")
 
 
 if __name__ == "__main__":
