@@ -15,10 +15,11 @@ import torch
 from phaseedge.train.loop import autocast_dtype
 from phaseedge.train.losses import LossConfig, segmentation_loss
 from phaseedge.train.models import build_model
+from phaseedge.train.models.unet import DEFAULT_NORM, NORMS
 
 
 def step_seconds(precision: str, channels_last: bool, steps: int, tile: int = 256, batch: int = 4,
-                 norm: str = "batch") -> float:
+                 norm: str = DEFAULT_NORM) -> float:
     torch.manual_seed(0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = build_model("unet", 5, plm=True, tile=tile, width=16, depth=4, plm_at="bottleneck",
@@ -44,11 +45,12 @@ def step_seconds(precision: str, channels_last: bool, steps: int, tile: int = 25
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--norm", default="batch", choices=("batch", "instance"))
+    ap.add_argument("--norm", default=DEFAULT_NORM, choices=tuple(NORMS))
     args = ap.parse_args()
     torch.set_num_threads(1)
     for precision, cl in (("fp32", False), ("bf16", False), ("bf16", True)):
-        print(f"{precision}{' + channels_last' if cl else ''}: {step_seconds(precision, cl, args.steps, norm=args.norm):.3f} s/step")
+        seconds = step_seconds(precision, cl, args.steps, norm=args.norm)
+        print(f"{precision}{' + channels_last' if cl else ''}: {seconds:.3f} s/step")
 
 
 if __name__ == "__main__":

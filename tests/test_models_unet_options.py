@@ -124,8 +124,6 @@ def test_export_keeps_the_residual_stages_and_drops_the_heads(tmp_path):
     import onnx
     from phaseedge.export.onnx_export import export_model, model_info
 
-    from phaseedge import Segmenter
-
     torch.manual_seed(0)
     model = build_model("unet-tiny", 3, tile=32, residual=True, deep_supervision=1).eval()
     path = export_model(model, model_info(model, tuple(NAMES)), tmp_path / "m.onnx", batch=(1, 2, 4),
@@ -133,11 +131,7 @@ def test_export_keeps_the_residual_stages_and_drops_the_heads(tmp_path):
     graph = onnx.load(str(path)).graph
     inits = {tuple(i.dims) for i in graph.initializer}
     assert tuple(model.aux_heads[0].weight.shape) not in inits  # [3, 8, 1, 1]: only the head has it
-    img = np.random.default_rng(5).integers(0, 65535, (57, 83)).astype(np.uint16)
-    ort_res = Segmenter(path, overlap=0.5).segment(img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
-    torch_res = Segmenter(model, backend="torch", overlap=0.5, backend_options={"class_names": NAMES}).segment(
-        img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
-    np.testing.assert_allclose(ort_res.probabilities, torch_res.probabilities, atol=2e-3)
+    _assert_onnx_matches_torch(path, model, seed=5, overlap=0.5)
 
 
 @pytest.mark.slow  # a real (dynamo) ONNX export
@@ -148,8 +142,6 @@ def test_instance_norm_exports_a_fixed_tile_graph_that_matches_torch(tmp_path):
     import onnx
     from phaseedge.export.onnx_export import export_model, model_info
 
-    from phaseedge import Segmenter
-
     torch.manual_seed(0)
     model = build_model("unet-tiny", 3, tile=32, norm="instance").eval()
     assert model.tile_multiple is None
@@ -159,8 +151,15 @@ def test_instance_norm_exports_a_fixed_tile_graph_that_matches_torch(tmp_path):
                           log=lambda *a: None)
     assert result.sidecar.tile_multiple is None and result.sidecar.halo is None
     assert "InstanceNormalization" in {n.op_type for n in onnx.load(str(result.path)).graph.node}
-    img = np.random.default_rng(6).integers(0, 65535, (57, 83)).astype(np.uint16)
-    ort_res = Segmenter(result.path).segment(img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
-    torch_res = Segmenter(model, backend="torch", backend_options={"class_names": NAMES}).segment(
+    _assert_onnx_matches_torch(result.path, model, seed=6)
+
+
+def _assert_onnx_matches_torch(path, model, seed: int, **tiling) -> None:
+    """The exported graph through the Segmenter (ONNX Runtime) gives the torch model's probabilities."""
+    from phaseedge import Segmenter
+
+    img = np.random.default_rng(seed).integers(0, 65535, (57, 83)).astype(np.uint16)
+    ort_res = Segmenter(path, **tiling).segment(img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
+    torch_res = Segmenter(model, backend="torch", backend_options={"class_names": NAMES}, **tiling).segment(
         img, ratio=[0.5, 0.3, 0.2], return_probabilities=True)
     np.testing.assert_allclose(ort_res.probabilities, torch_res.probabilities, atol=2e-3)

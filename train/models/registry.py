@@ -12,7 +12,7 @@ from typing import Any
 from phaseedge.train.models.common import SegmentationModel, make_config
 from phaseedge.train.models.ensemble import ENSEMBLE, Ensemble
 from phaseedge.train.models.sam import LoRASam
-from phaseedge.train.models.unet import NORMS, PLM_PLACEMENTS, UNet
+from phaseedge.train.models.unet import DEFAULT_NORM, PLM_PLACEMENTS, UNet
 
 # SAM image encoders as in segment_anything/build_sam.py (patch 16, MLP ratio 4, window 14,
 # relative positions, qkv bias, LayerNorm eps 1e-6, neck to 256 channels).
@@ -166,7 +166,7 @@ def _build_unet(
     plm_at = overrides.get("plm_at", PLM_PLACEMENTS[0])
     residual = overrides.get("residual", False)
     deep_supervision = overrides.get("deep_supervision", 0)
-    norm = overrides.get("norm", next(iter(NORMS)))
+    norm = overrides.get("norm", DEFAULT_NORM)
     for key, value in (("width", width), ("depth", depth)):
         if isinstance(value, bool) or not isinstance(value, int):
             raise TypeError(f"{key} must be an integer, got {value!r}")
@@ -175,7 +175,7 @@ def _build_unet(
     # Only non-default options enter the config, so checkpoints saved before they existed
     # and the ones saved without them have the same arch_kwargs.
     extra = {k: v for k, v in (("residual", residual), ("deep_supervision", deep_supervision)) if v}
-    if norm != next(iter(NORMS)):
+    if norm != DEFAULT_NORM:
         extra["norm"] = norm
     config = make_config(
         architecture=name,

@@ -21,6 +21,8 @@ losses train the decoder at every scale (nnU-Net). The extra heads run only in
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -34,20 +36,18 @@ PLM_PLACEMENTS = ("bottleneck", "decoder")
 #: feature normalisation; the first is the default. BatchNorm uses statistics learnt in training,
 #: so a tile's output does not depend on the tile's size and the layer folds into the conv at
 #: export; InstanceNorm (nnU-Net's choice) normalises each tile by its own statistics.
-NORMS: dict[str, type[nn.Module]] = {"batch": nn.BatchNorm2d, "instance": nn.InstanceNorm2d}
+NORMS: dict[str, Callable[[int], nn.Module]] = {
+    "batch": nn.BatchNorm2d, "instance": partial(nn.InstanceNorm2d, affine=True)}
+DEFAULT_NORM = next(iter(NORMS))
 
 
-def _norm(kind: str, channels: int) -> nn.Module:
-    return NORMS[kind](channels, affine=True) if kind == "instance" else NORMS[kind](channels)
-
-
-def _double_conv(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
+def _double_conv(cin: int, cout: int, norm: str = DEFAULT_NORM) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
-        _norm(norm, cout),
+        NORMS[norm](cout),
         nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False),
-        _norm(norm, cout),
+        NORMS[norm](cout),
         nn.ReLU(inplace=True),
     )
 
@@ -55,18 +55,18 @@ def _double_conv(cin: int, cout: int, norm: str = "batch") -> nn.Sequential:
 class ResidualBlock(nn.Module):
     """conv-norm-ReLU-conv-norm plus the input (1x1 conv + norm where the width changes), then ReLU."""
 
-    def __init__(self, cin: int, cout: int, norm: str = "batch") -> None:
+    def __init__(self, cin: int, cout: int, norm: str = DEFAULT_NORM) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(cin, cout, kernel_size=3, padding=1, bias=False),
-            _norm(norm, cout),
+            NORMS[norm](cout),
             nn.ReLU(inplace=True),
             nn.Conv2d(cout, cout, kernel_size=3, padding=1, bias=False),
-            _norm(norm, cout),
+            NORMS[norm](cout),
         )
         self.skip = (
             nn.Identity() if cin == cout
-            else nn.Sequential(nn.Conv2d(cin, cout, kernel_size=1, bias=False), _norm(norm, cout))
+            else nn.Sequential(nn.Conv2d(cin, cout, kernel_size=1, bias=False), NORMS[norm](cout))
         )
         self.act = nn.ReLU(inplace=True)
 
@@ -106,7 +106,7 @@ class UNet(SegmentationModel):
         attention: bool = False,
         residual: bool = False,
         deep_supervision: int = 0,
-        norm: str = "batch",
+        norm: str = DEFAULT_NORM,
     ) -> None:
         super().__init__(n_classes=n_classes, tile=tile, config=config)
         if width < 1 or depth < 1:
@@ -141,7 +141,7 @@ class UNet(SegmentationModel):
         self.plm = PhaseLearningModule(plm_channels, n_classes, span=(span, span)) if plm else None
         # BatchNorm: fully convolutional, any multiple of 2**depth (export/onnx_export.py measures the
         # halo); InstanceNorm sees the whole tile, so it runs at the training tile only, as trained
-        self.tile_multiple = 2**depth if norm == "batch" else None
+        self.tile_multiple = 2**depth if norm == DEFAULT_NORM else None
         self.classifier = nn.Conv2d(width, n_classes, kernel_size=1)
         # aux_heads[k] classifies the decoder level 2**(k+1) times coarser than the output
         self.aux_heads = nn.ModuleList(
