@@ -1,4 +1,5 @@
-"""The training loop: Adam on Dice+CE+ratio-MSE over a fixed number of iterations
+"""The training loop: Adam on Dice+CE+ratio-MSE (the CE target optionally mixed with a
+teacher's probabilities, :mod:`phaseedge.train.distill`) over a fixed number of iterations
 (epochs x steps), poly learning-rate decay, validation on whole frames, resumable state.
 
 ``OUT/`` after a run:
@@ -43,6 +44,7 @@ from phaseedge.train.augment import (
     true_ratios,
 )
 from phaseedge.train.data import LabelledImage, class_frequencies, to_pixel_size
+from phaseedge.train.distill import DistillConfig, teacher_probabilities
 from phaseedge.train.losses import LossConfig, resolve_class_weights, segmentation_loss
 from phaseedge.train.models import build_model, load_sam_checkpoint
 from phaseedge.train.pretrain import PretrainConfig, pretrain
@@ -110,6 +112,7 @@ class FitConfig:
     ratio: RatioConfig = field(default_factory=RatioConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # self-supervised first stage (U-Nets)
+    distill: DistillConfig = field(default_factory=DistillConfig)  # a teacher's probabilities in the CE target
 
     @classmethod
     def from_dict(cls, d: dict) -> FitConfig:
@@ -120,6 +123,7 @@ class FitConfig:
             "ratio": RatioConfig.from_dict(d.pop("ratio", {}) or {}),
             "loss": LossConfig.from_dict(d.pop("loss", {}) or {}),
             "pretrain": PretrainConfig.from_dict(d.pop("pretrain", {}) or {}),
+            "distill": DistillConfig.from_dict(d.pop("distill", {}) or {}),
         }
         return cls(**d, **sub).checked()
 
@@ -356,6 +360,10 @@ def fit(
         raise ValueError(f"select_classes names {unknown}, not among the classes {class_names}")
     if not resume and (out / "state").exists():
         raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    t0 = time.monotonic()  # the fit's minutes count the teacher's pass
+    distilling = cfg.distill.teacher is not None
+    # before anything is written: a missing or mismatched teacher leaves no half-made run
+    soft = teacher_probabilities(cfg.distill, train_items, class_names, progress) if distilling else None
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=1))
 
@@ -378,13 +386,12 @@ def fit(
     scored = ema.module if ema is not None else model  # what validation scores and best/ keeps
     scaler = torch.amp.GradScaler("cuda", enabled=cast == torch.float16)
     weights = torch.from_numpy(resolve_class_weights(cfg.loss, class_frequencies(train_items, n_classes)))
-    sampler = CropSampler(train_items, cfg.tile, cfg.augment)
+    sampler = CropSampler(train_items, cfg.tile, cfg.augment, soft=soft)
     frame_ratios = np.stack([it.fractions(n_classes) for it in train_items])
     steps_per_epoch = math.ceil(cfg.crops_per_epoch / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
 
     start = {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": None}
-    t0 = time.monotonic()
     if resume:
         start = load_state(out, model, opt, scaler, rng, ema)
     elif cfg.pretrain.steps:  # the state saved after each epoch holds the pretrained weights
@@ -416,7 +423,8 @@ def fit(
                 if steps_run and time.monotonic() - t0 + val_seconds > budget:
                     stopped = True
                     break
-                images, masks, frames = sampler.sample(cfg.batch_size, rng, return_index=True)
+                images, masks, frames, *teacher = sampler.sample(cfg.batch_size, rng, return_index=True,
+                                                                  return_soft=distilling)
                 r_in = (
                     input_ratios(masks, n_classes, rng, cfg.ratio, frame_ratios[frames.numpy()])
                     if model.plm_enabled
@@ -432,7 +440,9 @@ def fit(
                         logits, aux = model.forward_with_aux(images, r_in)
                     else:
                         logits, aux = model(images, r_in), None
-                loss, parts = segmentation_loss(logits, masks, r_true, weights, cfg.loss, aux)
+                loss, parts = segmentation_loss(logits, masks, r_true, weights, cfg.loss, aux,
+                                                soft=teacher[0] if teacher else None,
+                                                soft_weight=cfg.distill.weight if distilling else 0.0)
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
                 scaler.step(opt)

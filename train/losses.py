@@ -99,11 +99,20 @@ def segmentation_loss(
     class_weights: torch.Tensor,
     cfg: LossConfig,
     aux_logits: list[torch.Tensor] | None = None,
+    soft: torch.Tensor | None = None,
+    soft_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Total loss and its parts. logits [B,n,T,T], masks int64 [B,T,T], ratio_true [B,n];
-    ``aux_logits``: deep-supervision heads, finest first (each coarser by 2)."""
+    ``aux_logits``: deep-supervision heads, finest first (each coarser by 2); ``soft``: a
+    distillation teacher's probabilities [B,n,T,T], ``soft_weight`` of the CE target
+    (``phaseedge.train.distill``; Dice stays on the annotation)."""
     w = class_weights.to(logits.device, torch.float32)
     ce, dice, probs = _dice_ce(logits.float(), masks, w, cfg)  # the loss in fp32 under autocast
+    extra = {}
+    if soft is not None and soft_weight:
+        ce_teacher = F.cross_entropy(logits.float(), soft.to(logits.device, torch.float32), weight=w)
+        extra["ce_teacher"] = ce_teacher
+        ce = (1.0 - soft_weight) * ce + soft_weight * ce_teacher
     seg = cfg.ce_weight * ce + cfg.dice_weight * dice
     if aux_logits:
         total_weight = 1.0
@@ -114,5 +123,5 @@ def segmentation_loss(
         seg = seg / total_weight
     ratio_mse = F.mse_loss(probs.mean(dim=(2, 3)), ratio_true.to(probs))
     total = seg + cfg.ratio_weight * ratio_mse
-    parts = {"loss": total, "ce": ce, "dice_loss": dice, "ratio_mse": ratio_mse}
+    parts = {"loss": total, "ce": ce, "dice_loss": dice, "ratio_mse": ratio_mse, **extra}
     return total, {k: v.item() for k, v in parts.items()}
