@@ -20,4 +20,14 @@ def metaldam_dir() -> Path:
     return METALDAM
 
 
+@pytest.fixture(scope="module")
+def fit_frames():
+    """(train, val) synthetic frames for the tiny fit tests (tests/tiny_fit.py)."""
+    import torch
+    from phaseedge.train.data import synthetic
+
+    torch.set_num_threads(1)  # OpenMP spin-waits badly on shared cores
+    return synthetic([101, 102], (96, 96), 3), synthetic([201], (64, 64), 3)
+
+
 requires_gpu = pytest.mark.skipif(not has_cuda_gpu(), reason="no NVIDIA GPU / CUDA driver on this machine")

@@ -10,18 +10,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from phaseedge.train.augment import AugmentConfig
-from phaseedge.train.data import synthetic
 from phaseedge.train.loop import FitConfig, fit
 from phaseedge.train.models import build_model
 from phaseedge.train.pretrain import PretrainConfig, bezier_intensity, corrupt, local_shuffle, paint, pretrain
-
-NAMES = ["ferrite", "martensite", "bainite"]
-
-
-@pytest.fixture(scope="module")
-def frames():
-    torch.set_num_threads(1)
-    return synthetic([101, 102], (96, 96), 3), synthetic([201], (64, 64), 3)
+from tiny_fit import tiny_config
 
 
 def _crop(seed: int = 0) -> np.ndarray:
@@ -72,19 +64,19 @@ def test_corrupt_with_every_rate_zero_is_the_identity():
     assert not np.array_equal(corrupt(x, np.random.default_rng(0), PretrainConfig()), x)
 
 
-def _pretrained(frames, seed: int) -> torch.nn.Module:
+def _pretrained(fit_frames, seed: int) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model("unet-tiny", 3, plm=True, tile=32)
-    pretrain(model, PretrainConfig(steps=6, lr=1e-2), frames[0], tile=32, batch_size=2,
+    pretrain(model, PretrainConfig(steps=6, lr=1e-2), fit_frames[0], tile=32, batch_size=2,
              augment=AugmentConfig(), seed=seed, cast=None, memory_format=torch.contiguous_format,
              progress=False)
     return model
 
 
-def test_pretraining_changes_the_network_but_not_its_classifier_and_is_seeded(frames):
+def test_pretraining_changes_the_network_but_not_its_classifier_and_is_seeded(fit_frames):
     torch.manual_seed(0)
     fresh = build_model("unet-tiny", 3, plm=True, tile=32)
-    a, b, c = _pretrained(frames, 0), _pretrained(frames, 0), _pretrained(frames, 1)
+    a, b, c = _pretrained(fit_frames, 0), _pretrained(fit_frames, 0), _pretrained(fit_frames, 1)
     fresh_state, a_state = fresh.state_dict(), a.state_dict()
     changed = [k for k in fresh_state if not torch.equal(fresh_state[k], a_state[k])]
     assert any(k.startswith("down.") for k in changed) and any(k.startswith("up_conv.") for k in changed)
@@ -94,23 +86,18 @@ def test_pretraining_changes_the_network_but_not_its_classifier_and_is_seeded(fr
     assert any(not torch.equal(v, c.state_dict()[k]) for k, v in a_state.items())
 
 
-def test_pretraining_refuses_a_model_without_a_conv_classifier(frames):
+def test_pretraining_refuses_a_model_without_a_conv_classifier(fit_frames):
     model = build_model("sam-tiny", 3, plm=True, tile=32)
     with pytest.raises(ValueError, match="needs a U-Net"):
-        pretrain(model, PretrainConfig(steps=1), frames[0], tile=32, batch_size=2, augment=AugmentConfig(),
+        pretrain(model, PretrainConfig(steps=1), fit_frames[0], tile=32, batch_size=2, augment=AugmentConfig(),
                  seed=0, cast=None, memory_format=torch.contiguous_format, progress=False)
 
 
-def _cfg(**kw) -> FitConfig:
-    base = {"model": "unet-tiny", "tile": 32, "batch_size": 4, "crops_per_epoch": 8, "lr": 3e-3,
-            "class_names": NAMES, "seed": 3, "epochs": 1}
-    base.update(kw)
-    return FitConfig.from_dict(base)
 
 
-def test_fit_pretrains_first_and_records_it(frames, tmp_path):
-    plain = fit(_cfg(), *frames, tmp_path / "plain", progress=False)
-    pre = fit(_cfg(pretrain={"steps": 5}), *frames, tmp_path / "pre", progress=False)
+def test_fit_pretrains_first_and_records_it(fit_frames, tmp_path):
+    plain = fit(tiny_config(epochs=1), *fit_frames, tmp_path / "plain", progress=False)
+    pre = fit(tiny_config(epochs=1, pretrain={"steps": 5}), *fit_frames, tmp_path / "pre", progress=False)
     summary = json.loads((tmp_path / "pre" / "pretrain.json").read_text())
     assert summary["config"]["steps"] == 5 and summary["curve"][-1]["step"] == 5
     assert np.isfinite(summary["curve"][-1]["mse"])

@@ -10,26 +10,18 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from phaseedge.train.augment import AugmentConfig, CropSampler
-from phaseedge.train.data import synthetic
 from phaseedge.train.distill import DistillConfig, teacher_probabilities
-from phaseedge.train.loop import FitConfig, fit
+from phaseedge.train.loop import fit
 from phaseedge.train.losses import LossConfig, segmentation_loss
-
-NAMES = ["ferrite", "martensite", "bainite"]
-
-
-@pytest.fixture(scope="module")
-def frames():
-    torch.set_num_threads(1)
-    return synthetic([101, 102], (96, 96), 3), synthetic([201], (64, 64), 3)
+from tiny_fit import NAMES, tiny_config
 
 
 def _onehot(mask: np.ndarray, n: int) -> np.ndarray:
     return np.eye(n, dtype=np.float32)[mask].transpose(2, 0, 1)
 
 
-def test_soft_targets_follow_each_crop_and_draw_nothing(frames):
-    items = frames[0]
+def test_soft_targets_follow_each_crop_and_draw_nothing(fit_frames):
+    items = fit_frames[0]
     cfg = AugmentConfig(max_angle=0.0, scale=(1.0, 1.0), class_centred=0.5)  # flips and 90-degree turns
     soft = [_onehot(it.mask, 3) for it in items]
     plain = CropSampler(items, 32, cfg).sample(6, np.random.default_rng(4), return_index=True)
@@ -70,23 +62,18 @@ def test_bad_distill_settings_are_refused():
             DistillConfig.from_dict(bad)
 
 
-def _cfg(**kw) -> FitConfig:
-    base = {"model": "unet-tiny", "tile": 32, "batch_size": 4, "crops_per_epoch": 8, "lr": 3e-3,
-            "class_names": NAMES, "seed": 3, "epochs": 1}
-    base.update(kw)
-    return FitConfig.from_dict(base)
 
 
-def test_a_fit_learns_from_a_teacher(frames, tmp_path):
-    train, val = frames
-    fit(_cfg(), train, val, tmp_path / "teacher", progress=False)
+def test_a_fit_learns_from_a_teacher(fit_frames, tmp_path):
+    train, val = fit_frames
+    fit(tiny_config(epochs=1), train, val, tmp_path / "teacher", progress=False)
     teacher = str(tmp_path / "teacher" / "best")
     probs = teacher_probabilities(DistillConfig(teacher=teacher, scales=[0.9, 1.0]), train, NAMES)
     assert [p.shape for p in probs] == [(3, *it.mask.shape) for it in train]
     assert all(np.allclose(p.sum(axis=0), 1.0, atol=1e-3) for p in probs)
 
     out = tmp_path / "student"
-    fit(_cfg(distill={"teacher": teacher, "weight": 0.7}), train, val, out, progress=False)
+    fit(tiny_config(epochs=1, distill={"teacher": teacher, "weight": 0.7}), train, val, out, progress=False)
     record = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert record["train"]["ce_teacher"] > 0
     assert json.loads((out / "config.json").read_text())["distill"] == {"teacher": teacher, "weight": 0.7,
@@ -94,5 +81,5 @@ def test_a_fit_learns_from_a_teacher(frames, tmp_path):
     with pytest.raises(ValueError, match="not the student's"):
         teacher_probabilities(DistillConfig(teacher=teacher), train, ["a", "b", "c"])
     with pytest.raises(FileNotFoundError, match="teacher not found"):
-        fit(_cfg(distill={"teacher": str(tmp_path / "nowhere")}), train, val, tmp_path / "x", progress=False)
+        fit(tiny_config(epochs=1, distill={"teacher": str(tmp_path / "nowhere")}), train, val, tmp_path / "x", progress=False)
     assert not (tmp_path / "x").exists()  # nothing half-written

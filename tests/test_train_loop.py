@@ -11,38 +11,16 @@ torch = pytest.importorskip("torch")
 
 from phaseedge.train import checkpoint
 from phaseedge.train.augment import CropSampler, true_ratios
-from phaseedge.train.data import synthetic
 from phaseedge.train.loop import FitConfig, fit
 from phaseedge.train.losses import LossConfig, segmentation_loss
 from phaseedge.train.models import build_model
-
-NAMES = ["ferrite", "martensite", "bainite"]
-
-
-@pytest.fixture(scope="module")
-def frames():
-    torch.set_num_threads(1)  # OpenMP spin-waits badly on shared cores
-    return synthetic([101, 102], (96, 96), 3), synthetic([201], (64, 64), 3)
+from tiny_fit import NAMES, tiny_config
 
 
-def _cfg(**kw) -> FitConfig:
-    base = {
-        "model": "unet-tiny",
-        "tile": 32,
-        "batch_size": 4,
-        "crops_per_epoch": 8,
-        "lr": 3e-3,
-        "class_names": NAMES,
-        "seed": 3,
-    }
-    base.update(kw)
-    return FitConfig.from_dict(base)
-
-
-def test_a_few_steps_lower_the_loss(frames):
+def test_a_few_steps_lower_the_loss(fit_frames):
     torch.manual_seed(0)
     model = build_model("unet-tiny", 3, plm=True, tile=32)
-    images, masks = CropSampler(frames[0], 32).sample(8, np.random.default_rng(0))
+    images, masks = CropSampler(fit_frames[0], 32).sample(8, np.random.default_rng(0))
     ratio = true_ratios(masks, 3)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     losses = []
@@ -75,20 +53,20 @@ def _state(out):
 
 
 @pytest.mark.parametrize("schedule,optimizer", [("constant", "adam"), ("poly", "adam"), ("poly", "sgd")])
-def test_resume_gives_the_same_state(frames, tmp_path, schedule, optimizer):
+def test_resume_gives_the_same_state(fit_frames, tmp_path, schedule, optimizer):
     """Constant lr: a run extended from 1 to 2 epochs equals a 2-epoch run. Poly lr (which
     depends on the total): a 2-epoch run stopped after its first step and resumed equals it.
     With SGD the momentum buffers are what must come back."""
-    train, val = frames
+    train, val = fit_frames
     straight, split = tmp_path / "straight", tmp_path / "split"
     kw = {"lr_schedule": schedule, "optimizer": optimizer, "weight_decay": 3e-5 if optimizer == "sgd" else 0.0}
-    fit(_cfg(epochs=2, **kw), train, val, straight, progress=False)
+    fit(tiny_config(epochs=2, **kw), train, val, straight, progress=False)
     if schedule == "constant":
-        fit(_cfg(epochs=1, **kw), train, val, split, progress=False)
+        fit(tiny_config(epochs=1, **kw), train, val, split, progress=False)
     else:
-        stopped = fit(_cfg(epochs=2, max_minutes=1e-6, **kw), train, val, split, progress=False)
+        stopped = fit(tiny_config(epochs=2, max_minutes=1e-6, **kw), train, val, split, progress=False)
         assert stopped["stopped_by_time"]
-    fit(_cfg(epochs=2, **kw), train, val, split, resume=True, progress=False)
+    fit(tiny_config(epochs=2, **kw), train, val, split, resume=True, progress=False)
     (wa, oa), (wb, ob) = _state(straight), _state(split)
     assert wa.keys() == wb.keys() and oa.keys() == ob.keys()
     for k in wa:
@@ -103,10 +81,10 @@ def test_resume_gives_the_same_state(frames, tmp_path, schedule, optimizer):
     assert json.loads((straight / "state" / "state.json").read_text())["progress"]["epoch"] == 2
 
 
-def test_best_checkpoint_and_log(frames, tmp_path):
-    train, val = frames
+def test_best_checkpoint_and_log(fit_frames, tmp_path):
+    train, val = fit_frames
     out = tmp_path / "run"
-    summary = fit(_cfg(epochs=2), train, val, out, progress=False)
+    summary = fit(tiny_config(epochs=2), train, val, out, progress=False)
     records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(records) == 2
     assert {"loss", "ce", "dice_loss", "ratio_mse"} <= set(records[0]["train"])
@@ -118,17 +96,17 @@ def test_best_checkpoint_and_log(frames, tmp_path):
     assert model.plm_enabled and model.config["class_names"] == NAMES
     assert model.config["val_metrics"]["epoch"] == best["epoch"]  # the saved epoch's scores travel along
     with pytest.raises(ValueError, match="already holds a run"):
-        fit(_cfg(epochs=1), train, val, out, progress=False)
+        fit(tiny_config(epochs=1), train, val, out, progress=False)
 
 
-def test_ema_is_what_validation_scores_and_best_keeps(frames, tmp_path):
+def test_ema_is_what_validation_scores_and_best_keeps(fit_frames, tmp_path):
     """With ``ema`` the best checkpoint holds the weight average, not the last weights; the
     average survives a stop and resume bit for bit; a plain run cannot be resumed with ema."""
     from safetensors.torch import load_file
 
-    train, val = frames
+    train, val = fit_frames
     one = tmp_path / "one"
-    fit(_cfg(epochs=1, ema=0.9), train, val, one, progress=False)  # one epoch: it is the best
+    fit(tiny_config(epochs=1, ema=0.9), train, val, one, progress=False)  # one epoch: it is the best
     average = load_file(str(one / "state" / "ema.safetensors"))
     last = load_file(str(one / "state" / "trainable.safetensors"))
     kept = load_file(str(one / "best" / "trainable.safetensors"))
@@ -140,18 +118,18 @@ def test_ema_is_what_validation_scores_and_best_keeps(frames, tmp_path):
         torch.testing.assert_close(kept[k], average[k], rtol=0, atol=0, msg=k)
 
     straight, split = tmp_path / "straight", tmp_path / "split"
-    fit(_cfg(epochs=2, ema=0.9), train, val, straight, progress=False)
-    assert fit(_cfg(epochs=2, ema=0.9, max_minutes=1e-6), train, val, split, progress=False)["stopped_by_time"]
-    fit(_cfg(epochs=2, ema=0.9), train, val, split, resume=True, progress=False)
+    fit(tiny_config(epochs=2, ema=0.9), train, val, straight, progress=False)
+    assert fit(tiny_config(epochs=2, ema=0.9, max_minutes=1e-6), train, val, split, progress=False)["stopped_by_time"]
+    fit(tiny_config(epochs=2, ema=0.9), train, val, split, resume=True, progress=False)
     a, b = (load_file(str(d / "state" / "ema.safetensors")) for d in (straight, split))
     assert a.keys() == b.keys() and int(a["ema.n_averaged"]) == 4
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
     plain = tmp_path / "plain"
-    fit(_cfg(epochs=1), train, val, plain, progress=False)
+    fit(tiny_config(epochs=1), train, val, plain, progress=False)
     with pytest.raises(ValueError, match="without ema"):
-        fit(_cfg(epochs=2, ema=0.9), train, val, plain, resume=True, progress=False)
+        fit(tiny_config(epochs=2, ema=0.9), train, val, plain, resume=True, progress=False)
 
 
 def test_ema_decay_warms_up_so_the_initial_weights_fade():
@@ -169,9 +147,9 @@ def test_ema_decay_warms_up_so_the_initial_weights_fade():
     assert int(counts[0]) == 9
 
 
-def test_time_budget_stops_cleanly(frames, tmp_path):
-    train, val = frames
-    summary = fit(_cfg(epochs=50, max_minutes=1e-4, plm=False), train, val, tmp_path / "t", progress=False)
+def test_time_budget_stops_cleanly(fit_frames, tmp_path):
+    train, val = fit_frames
+    summary = fit(tiny_config(epochs=50, max_minutes=1e-4, plm=False), train, val, tmp_path / "t", progress=False)
     assert summary["stopped_by_time"] and summary["best_epoch"] == 1
     assert not checkpoint.load(tmp_path / "t" / "best").plm_enabled
 
@@ -183,27 +161,27 @@ def test_poly_schedule_decays_to_zero():
     assert 0 < poly_lr(1e-3, 50, 100, "poly") < 1e-3 and poly_lr(1e-3, 50, 100, "constant") == 1e-3
 
 
-def test_training_at_one_pixel_size_is_recorded_in_the_checkpoint(frames, tmp_path):
+def test_training_at_one_pixel_size_is_recorded_in_the_checkpoint(fit_frames, tmp_path):
     import dataclasses
 
-    train, val = frames
+    train, val = fit_frames
     train = [dataclasses.replace(train[0], pixel_size_m=10e-9), dataclasses.replace(train[1], pixel_size_m=30e-9)]
     val = [dataclasses.replace(val[0], pixel_size_m=20e-9)]
-    fit(_cfg(epochs=1, pixel_size_m="median"), train, val, tmp_path / "px", progress=False)
+    fit(tiny_config(epochs=1, pixel_size_m="median"), train, val, tmp_path / "px", progress=False)
     assert checkpoint.load(tmp_path / "px" / "best").config["pixel_size_m"] == pytest.approx(20e-9)
     with pytest.raises(ValueError, match="pixel size"):
-        fit(_cfg(epochs=1, pixel_size_m=2e-8), frames[0], frames[1], tmp_path / "nopx", progress=False)
+        fit(tiny_config(epochs=1, pixel_size_m=2e-8), fit_frames[0], fit_frames[1], tmp_path / "nopx", progress=False)
 
 
-def test_bf16_channels_last_training_tracks_fp32_and_saves_a_plain_checkpoint(frames, tmp_path):
+def test_bf16_channels_last_training_tracks_fp32_and_saves_a_plain_checkpoint(fit_frames, tmp_path):
     """The CPU speed setting (bf16 autocast, NHWC): same first-epoch loss as fp32 to bf16's
     precision, a deterministic rerun, and a best checkpoint that loads as a contiguous model."""
-    train, val = frames
+    train, val = fit_frames
     fast = {"precision": "bf16", "channels_last": True}
     runs = {name: tmp_path / name for name in ("fp32", "bf16", "bf16-again")}
-    fit(_cfg(epochs=1), train, val, runs["fp32"], progress=False)
-    fit(_cfg(epochs=1, **fast), train, val, runs["bf16"], progress=False)
-    fit(_cfg(epochs=1, **fast), train, val, runs["bf16-again"], progress=False)
+    fit(tiny_config(epochs=1), train, val, runs["fp32"], progress=False)
+    fit(tiny_config(epochs=1, **fast), train, val, runs["bf16"], progress=False)
+    fit(tiny_config(epochs=1, **fast), train, val, runs["bf16-again"], progress=False)
     loss = {k: json.loads((d / "log.jsonl").read_text().splitlines()[0])["train"]["loss"] for k, d in runs.items()}
     assert loss["bf16"] == loss["bf16-again"]
     assert loss["bf16"] != loss["fp32"] and loss["bf16"] == pytest.approx(loss["fp32"], rel=0.05)
@@ -236,7 +214,7 @@ def test_bad_settings_are_refused():
             FitConfig.from_dict({"weight_decay": bad})
 
 
-def test_sgd_is_nesterov_and_lowers_the_loss_and_resume_refuses_another_optimizer(frames, tmp_path):
+def test_sgd_is_nesterov_and_lowers_the_loss_and_resume_refuses_another_optimizer(fit_frames, tmp_path):
     """nnU-Net's optimizer trains (the loss falls over a few epochs) and its saved state does
     not load into an Adam run, which would otherwise crash on the missing moments."""
     from phaseedge.train.loop import make_optimizer
@@ -244,13 +222,13 @@ def test_sgd_is_nesterov_and_lowers_the_loss_and_resume_refuses_another_optimize
     opt = make_optimizer("sgd", [torch.nn.Parameter(torch.zeros(2))], 0.01, 3e-5)
     assert isinstance(opt, torch.optim.SGD)
     assert opt.defaults["nesterov"] and opt.defaults["momentum"] == 0.99 and opt.defaults["weight_decay"] == 3e-5
-    train, val = frames
+    train, val = fit_frames
     out = tmp_path / "sgd"
-    fit(_cfg(epochs=4, optimizer="sgd", lr=0.01, lr_schedule="constant"), train, val, out, progress=False)
+    fit(tiny_config(epochs=4, optimizer="sgd", lr=0.01, lr_schedule="constant"), train, val, out, progress=False)
     losses = [json.loads(line)["train"]["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert losses[-1] < losses[0]
     with pytest.raises(ValueError, match="saved with SGD, not Adam"):
-        fit(_cfg(epochs=5, lr_schedule="constant"), train, val, out, resume=True, progress=False)
+        fit(tiny_config(epochs=5, lr_schedule="constant"), train, val, out, resume=True, progress=False)
 
 
 def test_set_overrides_nested_config_settings(tmp_path):
