@@ -1,6 +1,6 @@
 """Sweep an edge-aware refinement of a checkpoint's probabilities: the
 probabilities of each frame once (at a simulated alpha = 0.9 frame ratio, optionally averaged over
-several scales), then every (radius, eps) pair of a guided filter (He, Sun & Tang, TPAMI 2013)
+several scales; an ensemble checkpoint from `phaseedge-train ensemble` is one checkpoint), then every (radius, eps) pair of a guided filter (He, Sun & Tang, TPAMI 2013)
 with the native-resolution frame as guide, scored pooled over a split. The idea: the recipe's
 model sees ~2x coarser pixels than MetalDAM's, and most MA errors lie within 3 px of a true
 boundary, so probabilities that follow the image's own edges might place boundaries better.
@@ -22,11 +22,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from phaseedge.train import checkpoint
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import as_frame
+from phaseedge.train.evaluate import as_frame, open_segmenter, simulated_ratio
 
-from phaseedge import Segmenter
 from phaseedge import ratio as ratio_ops
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
@@ -85,7 +83,7 @@ def _score(cm: ConfusionMatrix) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoints", type=Path, nargs="+", help="several are averaged (an ensemble)")
+    ap.add_argument("checkpoint", type=Path, help="a checkpoint directory (an ensemble's works too)")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/metaldam"))
     ap.add_argument("--split", default="val", help="split name in DATA/splits (train, val)")
     ap.add_argument("--pixel-sizes", type=Path, default=Path("runs/metaldam_pixel_sizes.csv"))
@@ -97,35 +95,22 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    names: list[str] = []
-    items = []
-    total: list[np.ndarray] = []
-    for ck in args.checkpoints:
-        model = checkpoint.load(ck)
-        names = list(model.config["class_names"])
-        n = len(names)
+    with open_segmenter(args.checkpoint, scales=args.scales) as seg:
+        names, n = list(seg.class_names), seg.n_classes
         items = load_folder(args.data, n, read_split(args.data / "splits" / f"{args.split}.txt"),
                             read_pixel_sizes(args.pixel_sizes))
-        with Segmenter(model, backend="torch", overlap=0.25, scales=args.scales,
-                       backend_options={"class_names": names}) as seg:
-            probs = [seg.segment(as_frame(it), return_probabilities=True,
-                                 ratio=ratio_ops.guess(ratio_ops.from_mask(it.mask, n), args.alpha)).probabilities
-                     for it in items]
-        total = probs if not total else [a + b for a, b in zip(total, probs)]
-    probs = [p / np.float32(len(args.checkpoints)) for p in total]
+        probs = [seg.segment(as_frame(it), return_probabilities=True,
+                             ratio=simulated_ratio(ratio_ops.from_mask(it.mask, n), args.alpha)).probabilities
+                 for it in items]
     guides = [guide_image(it.image) for it in items]
+    settings = [(0, 0.0)] + [(int(r), float(e)) for r in args.radii.split(",") for e in args.eps.split(",")]
     rows = []
-    cm = ConfusionMatrix(len(names), names)
-    for p, it in zip(probs, items):
-        cm.update(p.argmax(axis=0).astype(np.uint8), it.mask)
-    rows.append({"radius": 0, "eps": 0.0, **_score(cm)})
-    for r in [int(x) for x in args.radii.split(",")]:
-        for e in [float(x) for x in args.eps.split(",")]:
-            cm = ConfusionMatrix(len(names), names)
-            for p, g, it in zip(probs, guides, items):
-                cm.update(guided_filter(p, g, r, e).argmax(axis=0).astype(np.uint8), it.mask)
-            rows.append({"radius": r, "eps": e, **_score(cm)})
-    print(f"{[str(c) for c in args.checkpoints]} on {args.split} ({len(items)} frames), scales {args.scales}, "
+    for r, e in settings:
+        cm = ConfusionMatrix(n, names)
+        for p, g, it in zip(probs, guides, items):
+            cm.update((guided_filter(p, g, r, e) if r else p).argmax(axis=0).astype(np.uint8), it.mask)
+        rows.append({"radius": r, "eps": e, **_score(cm)})
+    print(f"{args.checkpoint} on {args.split} ({len(items)} frames), scales {args.scales}, "
           f"alpha {args.alpha}, pooled Dice (%); radius 0 = no refinement")
     print("| radius | eps | main-3 | MA | macro-4 |\n|---:|---:|---:|---:|---:|")
     for row in rows:
