@@ -1,9 +1,10 @@
-"""Sweep an edge-aware refinement of a checkpoint's probabilities: the
-probabilities of each frame once (at a simulated alpha = 0.9 frame ratio, optionally averaged over
-several scales; an ensemble checkpoint from `phaseedge-train ensemble` is one checkpoint), then every (radius, eps) pair of a guided filter (He, Sun & Tang, TPAMI 2013)
-with the native-resolution frame as guide, scored pooled over a split. The idea: the recipe's
-model sees ~2x coarser pixels than MetalDAM's, and most MA errors lie within 3 px of a true
-boundary, so probabilities that follow the image's own edges might place boundaries better.
+"""Sweep an edge-aware refinement of a checkpoint's probabilities: the probabilities of each
+frame once (at a simulated alpha = 0.9 frame ratio, optionally averaged over several scales; an
+ensemble from `phaseedge-train ensemble` is one checkpoint), then every (radius, eps) pair of a
+guided filter (He, Sun & Tang, TPAMI 2013) with the native-resolution frame as guide, scored
+pooled over a split. The idea: the recipe's model sees ~2x coarser pixels than MetalDAM's, and
+most MA errors lie within 3 px of a true boundary, so probabilities that follow the image's own
+edges might place boundaries better.
 
     python scripts/refine_sweep.py runs/md-plm-s0/best --split train --radii 1,2,4,8 \
         --eps 1e-4,1e-3,1e-2,1e-1 --json runs/refine-sweep-train.json
