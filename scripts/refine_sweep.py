@@ -24,9 +24,8 @@ import cv2
 import numpy as np
 import torch
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import as_frame, open_segmenter, simulated_ratio
+from phaseedge.train.evaluate import open_segmenter, split_probabilities
 
-from phaseedge import ratio as ratio_ops
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
 
@@ -100,9 +99,7 @@ def main() -> None:
         names, n = list(seg.class_names), seg.n_classes
         items = load_folder(args.data, n, read_split(args.data / "splits" / f"{args.split}.txt"),
                             read_pixel_sizes(args.pixel_sizes))
-        probs = [seg.segment(as_frame(it), return_probabilities=True,
-                             ratio=simulated_ratio(ratio_ops.from_mask(it.mask, n), args.alpha)).probabilities
-                 for it in items]
+        probs = split_probabilities(seg, items, args.alpha)
     guides = [guide_image(it.image) for it in items]
     settings = [(0, 0.0)] + [(int(r), float(e)) for r in args.radii.split(",") for e in args.eps.split(",")]
     rows = []

@@ -19,10 +19,8 @@ import numpy as np
 import torch
 from phaseedge.train import checkpoint
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import as_frame
+from phaseedge.train.evaluate import open_segmenter, split_probabilities
 
-from phaseedge import Segmenter
-from phaseedge import ratio as ratio_ops
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
 
@@ -50,11 +48,8 @@ def main() -> None:
                         read_pixel_sizes(args.pixel_sizes))
     probs: dict[float, list[np.ndarray]] = {}
     for s in args.scales:
-        with Segmenter(model, backend="torch", overlap=0.25, scales=(s,),
-                       backend_options={"class_names": names}) as seg:
-            probs[s] = [seg.segment(as_frame(it), return_probabilities=True,
-                                    ratio=ratio_ops.guess(ratio_ops.from_mask(it.mask, n), args.alpha)).probabilities
-                        for it in items]
+        with open_segmenter(model, scales=(s,)) as seg:
+            probs[s] = split_probabilities(seg, items, args.alpha)
     combos = [(s,) for s in args.scales] + [parse_scales(c) for c in args.combos.split(";") if c.strip()]
     rows = []
     for combo in combos:

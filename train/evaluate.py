@@ -125,6 +125,15 @@ def as_frame(item: LabelledImage) -> Any:
     return Frame(pixels=item.image, path=Path(item.name), pixel_size_m=item.pixel_size_m, band_rows=0, bits=bits)
 
 
+def split_probabilities(seg: Segmenter, items: list[LabelledImage], accuracy: float | str) -> list[np.ndarray]:
+    """Each frame's class probabilities [n, H, W] at the simulated expert ratio eval scores with;
+    the sweep scripts (scripts/*_sweep.py) compute them once and then try their settings on them."""
+    n = seg.n_classes
+    return [seg.segment(as_frame(it), return_probabilities=True,
+                        ratio=simulated_ratio(ratio_ops.from_mask(it.mask, n), accuracy)).probabilities
+            for it in items]
+
+
 def parse_group(text: str) -> tuple[str, list[str]]:
     """``NAME=class,class,...`` -> (NAME, [classes])."""
     name, sep, classes = text.partition("=")
