@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import open_segmenter, split_probabilities
+from phaseedge.train.evaluate import group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
@@ -43,10 +43,9 @@ def score(logps: list[np.ndarray], masks: list[np.ndarray], names: list[str], of
     for lp, m in zip(logps, masks):
         cm.update(decide(lp, offsets), m)
     s = cm.summary()
-    dice = {k: np.nan if v is None else v for k, v in s["per_class_dice"].items()}  # None: absent from both
-    return {"main3": 100 * float(np.mean([dice[c] for c in MAIN3])),
-            "macro4": 100 * float(np.nanmean([dice[c] for c in MACRO4])), "ma": 100 * dice["martensite_austenite"],
-            "pred_fractions": s["pred_fractions"]}
+    groups = group_dice(s["per_class_dice"], {"main3": MAIN3, "macro4": MACRO4})
+    return {g: 100 * v for g, v in groups.items()} | {"ma": 100 * s["per_class_dice"]["martensite_austenite"],
+                                                      "pred_fractions": s["pred_fractions"]}
 
 
 def fit_offsets(logps: list[np.ndarray], masks: list[np.ndarray], names: list[str], classes: list[int]) -> np.ndarray:
@@ -68,12 +67,11 @@ def fit_offsets(logps: list[np.ndarray], masks: list[np.ndarray], names: list[st
     return b
 
 
-def _logps(checkpoint: Path, data: Path, split: str, pixel_sizes: Path, scales, alpha: float):
-    with open_segmenter(checkpoint, scales=scales) as seg:
-        names, n = list(seg.class_names), seg.n_classes
-        items = load_folder(data, n, read_split(data / "splits" / f"{split}.txt"), read_pixel_sizes(pixel_sizes))
-        probs = split_probabilities(seg, items, alpha)
-    return names, [np.log(np.maximum(p, np.float32(1e-6))) for p in probs], [it.mask for it in items]
+def _logps(seg, data: Path, split: str, pixel_sizes: dict, alpha: float):
+    """Log-probabilities and masks of a split's frames."""
+    items = load_folder(data, seg.n_classes, read_split(data / "splits" / f"{split}.txt"), pixel_sizes)
+    probs = split_probabilities(seg, items, alpha)
+    return [np.log(np.maximum(p, np.float32(1e-6))) for p in probs], [it.mask for it in items]
 
 
 def main() -> None:
@@ -91,19 +89,23 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    names, fit_lp, fit_m = _logps(args.checkpoint, args.data, args.fit_split, args.pixel_sizes, args.scales, args.alpha)
-    wanted = [c.strip() for c in args.classes.split(",") if c.strip()]
-    unknown = [c for c in wanted if c not in names]
-    if unknown or names[0] in wanted:
-        raise SystemExit(f"--classes must name classes of the model other than {names[0]!r}; bad: {unknown or [names[0]]}")
-    b = fit_offsets(fit_lp, fit_m, names, [names.index(c) for c in wanted])
-    zero = np.zeros(len(names), np.float32)
-    out = {"checkpoint": str(args.checkpoint), "scales": list(args.scales), "alpha": args.alpha,
-           "offsets": dict(zip(names, map(float, b))),
-           args.fit_split: {"none": score(fit_lp, fit_m, names, zero), "fitted": score(fit_lp, fit_m, names, b)}}
-    del fit_lp, fit_m
-    _, lp, m = _logps(args.checkpoint, args.data, args.score_split, args.pixel_sizes, args.scales, args.alpha)
-    out[args.score_split] = {"none": score(lp, m, names, zero), "fitted": score(lp, m, names, b)}
+    pixel_sizes = read_pixel_sizes(args.pixel_sizes)
+    with open_segmenter(args.checkpoint, scales=args.scales) as seg:
+        names = list(seg.class_names)
+        wanted = [c.strip() for c in args.classes.split(",") if c.strip()]
+        unknown = [c for c in wanted if c not in names]
+        if unknown or names[0] in wanted:
+            raise SystemExit(f"--classes must name classes of the model other than {names[0]!r}; "
+                             f"bad: {unknown or [names[0]]}")
+        zero = np.zeros(len(names), np.float32)
+        out = {"checkpoint": str(args.checkpoint), "scales": list(args.scales), "alpha": args.alpha}
+        lp, m = _logps(seg, args.data, args.fit_split, pixel_sizes, args.alpha)
+        b = fit_offsets(lp, m, names, [names.index(c) for c in wanted])
+        out["offsets"] = dict(zip(names, map(float, b)))
+        out[args.fit_split] = {"none": score(lp, m, names, zero), "fitted": score(lp, m, names, b)}
+        del lp, m  # one split's probabilities in memory at a time
+        lp, m = _logps(seg, args.data, args.score_split, pixel_sizes, args.alpha)
+        out[args.score_split] = {"none": score(lp, m, names, zero), "fitted": score(lp, m, names, b)}
     print(json.dumps(out, indent=1))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1))

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import open_segmenter, split_probabilities
+from phaseedge.train.evaluate import group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
@@ -77,8 +77,8 @@ def guided_filter(probs: np.ndarray, guide: np.ndarray, radius: int, eps: float)
 
 def _score(cm: ConfusionMatrix) -> dict[str, float]:
     dice = cm.summary()["per_class_dice"]
-    return {"main3": 100 * float(np.mean([dice[c] for c in MAIN3])),
-            "macro4": 100 * float(np.mean([dice[c] for c in MACRO4])), "ma": 100 * dice["martensite_austenite"]}
+    groups = group_dice(dice, {"main3": MAIN3, "macro4": MACRO4})
+    return {g: 100 * v for g, v in groups.items()} | {"ma": 100 * dice["martensite_austenite"]}
 
 
 def main() -> None:

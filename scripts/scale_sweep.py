@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from phaseedge.train import checkpoint
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import open_segmenter, split_probabilities
+from phaseedge.train.evaluate import group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
@@ -63,8 +63,8 @@ def main() -> None:
                 total += probs[s][i]
             cm.update((total / np.float32(len(combo))).argmax(axis=0).astype(np.uint8), it.mask)
         dice = cm.summary()["per_class_dice"]
-        rows.append({"scales": list(combo), "main3": 100 * float(np.mean([dice[c] for c in MAIN3])),
-                     "macro4": 100 * float(np.mean([dice[c] for c in MACRO4])),
+        groups = group_dice(dice, {"main3": MAIN3, "macro4": MACRO4})
+        rows.append({"scales": list(combo), **{g: 100 * v for g, v in groups.items()},
                      "ma": 100 * dice["martensite_austenite"],
                      "cost": float(sum(1.0 / s**2 for s in combo))})
     print(f"{args.checkpoint} on {args.split} ({len(items)} frames), alpha {args.alpha}, pooled Dice (%)")

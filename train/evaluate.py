@@ -134,6 +134,13 @@ def split_probabilities(seg: Segmenter, items: list[LabelledImage], accuracy: fl
             for it in items]
 
 
+def group_dice(dice: dict[str, float | None], groups: dict[str, Any]) -> dict[str, float | None]:
+    """Mean pooled Dice of each group's classes, by the macro convention: classes in neither truth
+    nor prediction (None in ``ConfusionMatrix.summary``) are left out; None if all are."""
+    defined = {g: [dice[m] for m in members if dice[m] is not None] for g, members in groups.items()}
+    return {g: float(np.mean(v)) if v else None for g, v in defined.items()}
+
+
 def parse_group(text: str) -> tuple[str, list[str]]:
     """``NAME=class,class,...`` -> (NAME, [classes])."""
     name, sep, classes = text.partition("=")
@@ -208,10 +215,7 @@ def evaluate(
         summary = cms[(a, c)].summary()
         summary["pooled_fraction_mae"] = summary["fraction_mae"]
         summary["fraction_mae"] = float(np.mean(errors[(a, c)]))
-        dice = summary["per_class_dice"]
-        # the macro convention: classes in neither truth nor prediction (None) are left out
-        defined = {g: [dice[m] for m in members if dice[m] is not None] for g, members in groups.items()}
-        summary["group_dice"] = {g: float(np.mean(v)) if v else None for g, v in defined.items()}
+        summary["group_dice"] = group_dice(summary["per_class_dice"], groups)
         summary.update(ratio_accuracy=a, calibrate=c, overlap="auto" if seg.overlap is None else seg.overlap,
                        images=len(items),
                        ratio_mode=seg.ratio_mode, tta=seg.tta, scales=list(seg.scales))
