@@ -12,6 +12,8 @@
 # leaves runs/ (git-ignored). The two seeds of a variant train in parallel (one core each).
 #
 # usage: scripts/run_metaldam.sh [RUNS_DIR]   (default runs; METALDAM=path overrides the data)
+# Rerunning it keeps the fits that finished (every epoch in log.jsonl) and the ensembles, resumes
+# interrupted fits, and evaluates again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-runs}
@@ -19,16 +21,21 @@ DATA=${METALDAM:-../shared/data/metaldam}
 BIN=.venv/bin
 mkdir -p "$RUNS"
 "$BIN/python" scripts/metaldam_pixel_sizes.py "$DATA" "$RUNS/metaldam_pixel_sizes.csv"
+# a fit whose every epoch is in its log.jsonl is kept (scripts/fit_complete.py); one with a saved state is resumed
 for variant in plm base; do
     flag=""; [ "$variant" = base ] && flag="--no-plm"
     for seed in 0 1; do
+        out="$RUNS/md-$variant-s$seed"
+        if "$BIN/python" scripts/fit_complete.py "$out"; then echo "kept: $out (all epochs logged)"; continue; fi
+        resume=""; [ -d "$out/state" ] && resume="--resume"
         "$BIN/phaseedge-train" fit --config train/configs/metaldam-unet.json $flag --set seed=$seed \
             --data "$DATA" --train-split "$DATA/splits/train.txt" --val-split "$DATA/splits/val.txt" \
-            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --out "$RUNS/md-$variant-s$seed" --no-progress \
-            > "$RUNS/md-$variant-s$seed.log" 2>&1 &
+            --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --out "$out" --no-progress $resume \
+            >> "$out.log" 2>&1 &
     done
     wait
-    "$BIN/phaseedge-train" ensemble "$RUNS/md-$variant-s0/best" "$RUNS/md-$variant-s1/best" -o "$RUNS/md-$variant-ens"
+    [ -d "$RUNS/md-$variant-ens" ] ||  # written whole or not at all, so an existing one is complete
+        "$BIN/phaseedge-train" ensemble "$RUNS/md-$variant-s0/best" "$RUNS/md-$variant-s1/best" -o "$RUNS/md-$variant-ens"
 done
 GROUP_ARGS=(--group main3=matrix,austenite,martensite_austenite
         --group macro4=matrix,austenite,martensite_austenite,defect)
