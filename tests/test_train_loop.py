@@ -251,3 +251,18 @@ def test_set_overrides_nested_config_settings(tmp_path):
     assert cfg.augment.noise == 0 and cfg.ratio.level == "crop"
     with pytest.raises(argparse.ArgumentTypeError):
         parse_override("no-equals-sign")
+
+
+def test_resuming_with_the_config_keeps_where_the_model_was_trained(tmp_path):
+    """scripts/run_metaldam.sh resumes an interrupted fit with --config and --resume: the run's
+    config (and so its checkpoints and sidecar) must still say what data it was trained on."""
+    from phaseedge.train.cli import build_parser
+    from phaseedge.train.fit import build_config
+
+    config = tmp_path / "recipe.json"
+    config.write_text(json.dumps({"model": "unet", "class_names": list(NAMES)}))
+    data = tmp_path / "mysteel"
+    for resume in ([], ["--resume"]):
+        args = build_parser().parse_args(["fit", "--config", str(config), "--data", str(data),
+                                          "--out", str(tmp_path / "run"), *resume])
+        assert build_config(args).trained_on == "mysteel", resume

@@ -124,7 +124,7 @@ def build_config(args: argparse.Namespace) -> FitConfig:
     if args.no_plm:
         base["plm"] = False
     data = getattr(args, "data", None)
-    if data and not base.get("trained_on") and not args.resume:
+    if data and not base.get("trained_on"):  # also on --resume with --config, whose file has none
         base["trained_on"] = "synthetic" if data == "synth" else Path(data).resolve().name
     if args.class_names:
         base["class_names"] = [s.strip() for s in args.class_names.split(",") if s.strip()]
