@@ -49,6 +49,12 @@ class Plan:
     class_weights: np.ndarray | None = None
 
 
+def tile_share(probs: np.ndarray) -> np.ndarray:
+    """Each class's share of one tile's pixels from its probabilities [n, h, w]: the mean probability
+    (scripts/hard_count_auto.py measured argmax counts instead: no better)."""
+    return probs.mean(axis=(1, 2), dtype=np.float64)
+
+
 class Survey:
     """Ratio-free first passes over one prepared frame, each run at most once."""
 
@@ -71,7 +77,7 @@ class Survey:
                                           self.zeros(g.n_tiles), g.batches(self.batch_size),
                                           self.timings, self.tta):
                 for k, (y, x) in zip(range(sl.start, sl.stop), g.origins[sl]):
-                    out[k] = probs[k - sl.start, :, : h - y, : w - x].mean(axis=(1, 2), dtype=np.float64)
+                    out[k] = tile_share(probs[k - sl.start, :, : h - y, : w - x])
             self._fractions = out
         return self._fractions
 

@@ -22,23 +22,10 @@ def hard_fractions(probs: np.ndarray) -> np.ndarray:
 
 
 def patch_survey() -> None:
-    """Make every Survey's tile fractions argmax counts over each tile's in-frame pixels."""
+    """Make every Survey's tile fractions argmax counts (its per-tile share, `strategies.tile_share`)."""
     import phaseedge.strategies as strategies
-    from phaseedge.stitch import stream_tiles
 
-    def tile_fractions(self) -> np.ndarray:
-        if self._fractions is None:
-            g, (h, w) = self.grid, self.frame.shape
-            out = np.empty((g.n_tiles, self.backend.n_classes), np.float64)
-            for sl, probs in stream_tiles(self.backend, self.frame, self.lo, self.hi, g.origins,
-                                          self.zeros(g.n_tiles), g.batches(self.batch_size),
-                                          self.timings, self.tta):
-                for k, (y, x) in zip(range(sl.start, sl.stop), g.origins[sl]):
-                    out[k] = hard_fractions(probs[k - sl.start, :, : h - y, : w - x])
-            self._fractions = out
-        return self._fractions
-
-    strategies.Survey.tile_fractions = tile_fractions
+    strategies.tile_share = hard_fractions
 
 
 if __name__ == "__main__":
