@@ -17,7 +17,7 @@ GUI_DEBS := xvfb xauth libgl1 libgl1-mesa-dri libegl1 libxkbcommon-x11-0 libxcb-
 	libxcb-keysyms1 libxcb-randr0 libxcb-render-util0 libxcb-xinerama0 libxcb-xfixes0 libxcb-shape0 \
 	libxcb-cursor0 libdbus-1-3 libfontconfig1 fonts-dejavu-core
 
-.PHONY: demo test venv-demo venv-test gui-deps clean
+.PHONY: demo test venv-demo venv-test gui-deps lint clean
 
 $(VENV)/.base:
 	$(PYTHON) -m venv $(VENV)
@@ -55,7 +55,10 @@ gui-deps:
 		apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing >/dev/null; \
 	else echo "the napari tests need these Debian packages (apt-get install them as root):" $$missing; fi
 
-test: $(VENV)/.test $(TRITON_VENV)/.ready gui-deps
+lint: $(VENV)/.test
+	$(PY) -m ruff check .
+
+test: lint $(TRITON_VENV)/.ready gui-deps
 	PHASEEDGE_TRITON_PYTHON=$(CURDIR)/$(TRITON_VENV)/bin/python $$(command -v xvfb-run >/dev/null && echo xvfb-run -a) \
 		$(PY) -m pytest -q
 

@@ -20,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import group_dice, open_segmenter, split_probabilities
+from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
 
-MAIN3 = ("matrix", "austenite", "martensite_austenite")
-MACRO4 = (*MAIN3, "defect")
 STEPS = (0.4, 0.2, 0.1, 0.05)
 LIMIT = 2.0
 
@@ -43,7 +41,7 @@ def score(logps: list[np.ndarray], masks: list[np.ndarray], names: list[str], of
     for lp, m in zip(logps, masks):
         cm.update(decide(lp, offsets), m)
     s = cm.summary()
-    groups = group_dice(s["per_class_dice"], {"main3": MAIN3, "macro4": MACRO4})
+    groups = group_dice(s["per_class_dice"], METALDAM_GROUPS)
     return {g: 100 * v for g, v in groups.items()} | {"ma": 100 * s["per_class_dice"]["martensite_austenite"],
                                                       "pred_fractions": s["pred_fractions"]}
 

@@ -23,7 +23,7 @@ def hard_fractions(probs: np.ndarray) -> np.ndarray:
 
 def patch_survey() -> None:
     """Make every Survey's tile fractions argmax counts (its per-tile share, `strategies.tile_share`)."""
-    import phaseedge.strategies as strategies
+    from phaseedge import strategies
 
     strategies.tile_share = hard_fractions
 

@@ -24,13 +24,10 @@ import cv2
 import numpy as np
 import torch
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import group_dice, open_segmenter, split_probabilities
+from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
-
-MAIN3 = ("matrix", "austenite", "martensite_austenite")
-MACRO4 = (*MAIN3, "defect")
 
 
 def _box(a: np.ndarray, r: int) -> np.ndarray:
@@ -77,7 +74,7 @@ def guided_filter(probs: np.ndarray, guide: np.ndarray, radius: int, eps: float)
 
 def _score(cm: ConfusionMatrix) -> dict[str, float]:
     dice = cm.summary()["per_class_dice"]
-    groups = group_dice(dice, {"main3": MAIN3, "macro4": MACRO4})
+    groups = group_dice(dice, METALDAM_GROUPS)
     return {g: 100 * v for g, v in groups.items()} | {"ma": 100 * dice["martensite_austenite"]}
 
 

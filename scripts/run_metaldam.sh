@@ -7,7 +7,8 @@
 # / 0.9 / exact and the expert-free estimates auto / em / iter2, with and without the runtime's
 # calibrate mode, plus the expert sweep with flip TTA (and d4 TTA for the PLM ensemble) and with
 # multi-scale inference (the scale set chosen by scripts/scale_sweep.py on the training split),
-# reporting the 3-main-phase and 4-class groups; then the random forest.
+# reporting the 3-main-phase and 4-class groups, and the random forest. Evals are one thread each:
+# the PLM's and the baseline's run side by side.
 # MetalDAM has no licence: it is read from ../shared and nothing derived from it but numbers
 # leaves runs/ (git-ignored). The two seeds of a variant train in parallel (one core each).
 #
@@ -39,34 +40,48 @@ for variant in plm base; do
 done
 GROUP_ARGS=(--group main3=matrix,austenite,martensite_austenite
         --group macro4=matrix,austenite,martensite_austenite,defect)
-for model in plm-s0 base-s0 plm-ens base-ens; do
-    ckpt="$RUNS/md-$model"; [ -d "$ckpt/best" ] && ckpt="$ckpt/best"
-    out="$RUNS/eval-$model"
-    "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
-        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact,auto,em,iter2 \
-        --train-prior-split "$DATA/splits/train.txt" --calibrate both "${GROUP_ARGS[@]}" --json > "$out.json"
-    "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
-        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact \
-        --calibrate both "${GROUP_ARGS[@]}" --tta --json > "$out-tta.json"  # TTA: the expert sweep only
-    "$BIN/phaseedge-train" eval "$ckpt" --data "$DATA" --split "$DATA/splits/val.txt" \
-        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.5,0.662,0.9,exact,auto \
-        --calibrate both "${GROUP_ARGS[@]}" --scales 0.8,0.9,1 --json > "$out-ms.json"  # multi-scale
-done
-# the multi-scale set: every scale once, the candidate sets averaged, on the training split and validation
-for split in train val; do
-    "$BIN/python" scripts/scale_sweep.py "$RUNS/md-plm-s0/best" --data "$DATA" --split "$split" \
-        --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --scales 0.7,0.8,0.9,1,1.1 \
-        --combos "0.9,1;0.8,1;0.8,0.9;0.8,0.9,1;0.8,0.9,1,1.1;0.7,0.8,0.9,1" \
-        --json "$RUNS/scale-sweep-plm-s0-$split.json" > "$RUNS/scale-sweep-plm-s0-$split.txt"
-done
-# multi-scale with flip TTA, the PLM ensemble
-"$BIN/phaseedge-train" eval "$RUNS/md-plm-ens" --data "$DATA" --split "$DATA/splits/val.txt" \
-    --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy none,0.9,exact \
-    --calibrate both "${GROUP_ARGS[@]}" --scales 0.8,0.9,1 --tta --json > "$RUNS/eval-plm-ens-ms-tta.json"
-# d4 TTA (8 passes), the PLM ensemble only: 0.9 and exact
-"$BIN/phaseedge-train" eval "$RUNS/md-plm-ens" --data "$DATA" --split "$DATA/splits/val.txt" \
-    --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --ratio-accuracy 0.9,exact \
-    --calibrate both "${GROUP_ARGS[@]}" --tta-mode d4 --json > "$RUNS/eval-plm-ens-tta-d4.json"
-"$BIN/phaseedge-bench" forest --data "$DATA" --train-split "$DATA/splits/train.txt" \
-    --val-split "$DATA/splits/val.txt" --out "$RUNS/forest.json"
-echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta,-ms}.json $RUNS/eval-plm-ens-ms-tta.json $RUNS/eval-plm-ens-tta-d4.json $RUNS/forest.json"
+EVAL=("$BIN/phaseedge-train" eval --data "$DATA" --split "$DATA/splits/val.txt"
+      --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --calibrate both "${GROUP_ARGS[@]}" --json)
+to() {  # to FILE CMD…: CMD's stdout into FILE, whole or not at all (a failed or killed eval leaves no JSON)
+    local out=$1; shift
+    "$@" > "$out.part" || { rm -f "$out.part"; return 1; }
+    mv "$out.part" "$out"
+}
+eval_model() {  # the α sweep with the expert-free estimates, the expert sweep with flip TTA, multi-scale
+    local model=$1 ckpt="$RUNS/md-$1" out="$RUNS/eval-$1"
+    [ -d "$ckpt/best" ] && ckpt="$ckpt/best"
+    to "$out.json" "${EVAL[@]}" "$ckpt" --ratio-accuracy none,0.5,0.662,0.9,exact,auto,em,iter2 \
+        --train-prior-split "$DATA/splits/train.txt"
+    to "$out-tta.json" "${EVAL[@]}" "$ckpt" --ratio-accuracy none,0.5,0.662,0.9,exact --tta
+    to "$out-ms.json" "${EVAL[@]}" "$ckpt" --ratio-accuracy none,0.5,0.662,0.9,exact,auto --scales 0.8,0.9,1
+}
+# Every eval is one thread, so the PLM and the baseline evaluate side by side (two lanes, one core each).
+plm_lane() {
+    eval_model plm-s0
+    to "$RUNS/eval-plm-s0-local.json" "${EVAL[@]}" "$RUNS/md-plm-s0/best" --ratio-accuracy 0.9 --ratio-mode local
+    eval_model plm-ens
+    # multi-scale with flip TTA, and d4 TTA (8 passes; 0.9 and exact): the PLM ensemble
+    to "$RUNS/eval-plm-ens-ms-tta.json" "${EVAL[@]}" "$RUNS/md-plm-ens" --ratio-accuracy none,0.9,exact \
+        --scales 0.8,0.9,1 --tta
+    to "$RUNS/eval-plm-ens-tta-d4.json" "${EVAL[@]}" "$RUNS/md-plm-ens" --ratio-accuracy 0.9,exact --tta-mode d4
+}
+base_lane() {
+    eval_model base-s0
+    eval_model base-ens
+    # the multi-scale set: every scale once, the candidate sets averaged, on the training split and validation
+    for split in train val; do
+        to "$RUNS/scale-sweep-plm-s0-$split.txt" "$BIN/python" scripts/scale_sweep.py "$RUNS/md-plm-s0/best" \
+            --data "$DATA" --split "$split" --pixel-sizes "$RUNS/metaldam_pixel_sizes.csv" --scales 0.7,0.8,0.9,1,1.1 \
+            --combos "0.9,1;0.8,1;0.8,0.9;0.8,0.9,1;0.8,0.9,1,1.1;0.7,0.8,0.9,1" \
+            --json "$RUNS/scale-sweep-plm-s0-$split.json"
+    done
+    "$BIN/phaseedge-bench" forest --data "$DATA" --train-split "$DATA/splits/train.txt" \
+        --val-split "$DATA/splits/val.txt" --out "$RUNS/forest.json"
+}
+plm_lane & plm_pid=$!
+base_lane & base_pid=$!
+status=0
+wait "$plm_pid" || status=$?
+wait "$base_pid" || status=$?
+[ "$status" -eq 0 ] || { echo "an evaluation failed (exit $status)" >&2; exit "$status"; }
+echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta,-ms}.json $RUNS/eval-plm-s0-local.json $RUNS/eval-plm-ens-ms-tta.json $RUNS/eval-plm-ens-tta-d4.json $RUNS/forest.json"

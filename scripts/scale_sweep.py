@@ -19,13 +19,10 @@ import numpy as np
 import torch
 from phaseedge.train import checkpoint
 from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import group_dice, open_segmenter, split_probabilities
+from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.tta import parse_scales
-
-MAIN3 = ("matrix", "austenite", "martensite_austenite")
-MACRO4 = (*MAIN3, "defect")
 
 
 def main() -> None:
@@ -63,7 +60,7 @@ def main() -> None:
                 total += probs[s][i]
             cm.update((total / np.float32(len(combo))).argmax(axis=0).astype(np.uint8), it.mask)
         dice = cm.summary()["per_class_dice"]
-        groups = group_dice(dice, {"main3": MAIN3, "macro4": MACRO4})
+        groups = group_dice(dice, METALDAM_GROUPS)
         rows.append({"scales": list(combo), **{g: 100 * v for g, v in groups.items()},
                      "ma": 100 * dice["martensite_austenite"],
                      "cost": float(sum(1.0 / s**2 for s in combo))})

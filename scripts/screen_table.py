@@ -13,7 +13,9 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-MAIN3 = ["matrix", "austenite", "martensite_austenite"]
+from phaseedge.train.evaluate import METALDAM_GROUPS
+
+MAIN3 = METALDAM_GROUPS["main3"]
 
 
 def main3(record: dict) -> float:

@@ -29,7 +29,7 @@ def _run(tmp: Path, epochs: int, records: list[dict], best: bool = True) -> Path
 def test_a_run_with_every_epoch_logged_is_complete(tmp_path):
     run = _run(tmp_path / "r", 2, [{"epoch": 1, "complete": True}, {"epoch": 2, "complete": True}])
     assert fit_complete(run)
-    assert subprocess.run([sys.executable, str(_script), str(run)]).returncode == 0
+    assert subprocess.run([sys.executable, str(_script), str(run)], check=False).returncode == 0
 
 
 def test_an_interrupted_run_is_not(tmp_path):
@@ -39,7 +39,7 @@ def test_an_interrupted_run_is_not(tmp_path):
     no_epochs_yet = _run(tmp_path / "d", 1, [])
     for run in (stopped_early, cut_mid_epoch, no_best, no_epochs_yet):
         assert not fit_complete(run), run.name
-    assert subprocess.run([sys.executable, str(_script), str(stopped_early)]).returncode == 1
+    assert subprocess.run([sys.executable, str(_script), str(stopped_early)], check=False).returncode == 1
 
 
 def test_a_missing_or_broken_run_is_not(tmp_path):

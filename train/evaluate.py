@@ -134,6 +134,15 @@ def split_probabilities(seg: Segmenter, items: list[LabelledImage], accuracy: fl
             for it in items]
 
 
+#: MetalDAM's class groups the results report (scripts/*_sweep.py, scripts/screen_table.py): the three
+#: main phases the accuracy target is set on, and those plus defect (precipitate is left out: most
+#: precipitates were not annotated, says MetalDAM's README). On the command line: --group main3=….
+METALDAM_GROUPS: dict[str, tuple[str, ...]] = {
+    "main3": ("matrix", "austenite", "martensite_austenite"),
+    "macro4": ("matrix", "austenite", "martensite_austenite", "defect"),
+}
+
+
 def group_dice(dice: dict[str, float | None], groups: dict[str, Any]) -> dict[str, float | None]:
     """Mean pooled Dice of each group's classes, by the macro convention: classes in neither truth
     nor prediction (None in ``ConfusionMatrix.summary``) are left out; None if all are."""
