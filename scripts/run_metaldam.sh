@@ -48,7 +48,7 @@ to() {  # to FILE CMD…: CMD's stdout into FILE, whole or not at all (a failed 
     mv "$out.part" "$out"
 }
 eval_model() {  # the α sweep with the expert-free estimates, the expert sweep with flip TTA, multi-scale
-    local model=$1 ckpt="$RUNS/md-$1" out="$RUNS/eval-$1"
+    local ckpt="$RUNS/md-$1" out="$RUNS/eval-$1"
     [ -d "$ckpt/best" ] && ckpt="$ckpt/best"
     to "$out.json" "${EVAL[@]}" "$ckpt" --ratio-accuracy none,0.5,0.662,0.9,exact,auto,em,iter2 \
         --train-prior-split "$DATA/splits/train.txt"
