@@ -30,6 +30,8 @@ from phaseedge.bench import system
 from phaseedge.bench.models import ModelSpec, resolve
 from phaseedge.bench.stats import format_table
 
+from phaseedge.outputs import atomic_write
+
 ALPHAS = ("none", "0.5", "0.662", "0.9", "exact")
 MODES = ("global", "local", "calibrate")
 
@@ -252,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         from phaseedge.bench import plots
 
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "accuracy.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(args.out / "accuracy.json", (json.dumps(report, indent=2) + "\n").encode())
         lines, flat = curves(report)
         plots.dice_vs_alpha(lines, flat, args.out / "dice_vs_alpha.png",
                             f"{Path(report['data']).name}: macro Dice vs ratio accuracy α")

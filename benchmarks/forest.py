@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from phaseedge.outputs import atomic_write
+
 #: ilastik's scales for every feature but the raw smoothing
 SCALES = (0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
 #: ilastik offers only Gaussian smoothing at its smallest scale: the (almost) raw intensity
@@ -322,7 +324,7 @@ def run(args: argparse.Namespace) -> int:
     report = run_forest(args)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(args.out, (json.dumps(report, indent=2) + "\n").encode())
     if args.json:
         print(json.dumps(report, indent=2))
     else:

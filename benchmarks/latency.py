@@ -35,6 +35,8 @@ from phaseedge.bench import system
 from phaseedge.bench.models import ModelSpec, flops_per_tile, parse_frame, resolve
 from phaseedge.bench.stats import format_table, median_stages_ms, summarize_ms
 
+from phaseedge.outputs import atomic_write
+
 log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("auto", "onnxruntime", "torch", "tensorrt", "all", "tiling")
@@ -475,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
         from phaseedge.bench import plots
 
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "latency.json").write_text(json.dumps(report, indent=2) + "\n")
+        atomic_write(args.out / "latency.json", (json.dumps(report, indent=2) + "\n").encode())
         ran = [r for r in report["variants"] if "skipped" not in r]
         if ran:
             f = report["frame"]

@@ -23,6 +23,7 @@ from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
 from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
+from phaseedge.outputs import atomic_write
 from phaseedge.tta import parse_scales
 
 STEPS = (0.4, 0.2, 0.1, 0.05)
@@ -106,7 +107,7 @@ def main() -> None:
         out[args.score_split] = {"none": score(lp, m, names, zero), "fitted": score(lp, m, names, b)}
     print(json.dumps(out, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(out, indent=1))
+        atomic_write(args.json, json.dumps(out, indent=1).encode())
 
 
 if __name__ == "__main__":

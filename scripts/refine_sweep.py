@@ -27,6 +27,7 @@ from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
 from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
+from phaseedge.outputs import atomic_write
 from phaseedge.tta import parse_scales
 
 
@@ -111,7 +112,7 @@ def main() -> None:
     for row in rows:
         print(f"| {row['radius']} | {row['eps']:g} | {row['main3']:.2f} | {row['ma']:.2f} | {row['macro4']:.2f} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write(args.json, json.dumps(rows, indent=1).encode())
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
 from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
 
 from phaseedge.metrics import ConfusionMatrix
+from phaseedge.outputs import atomic_write
 from phaseedge.tta import parse_scales
 
 
@@ -70,7 +71,7 @@ def main() -> None:
         print(f"| {', '.join(f'{s:g}' for s in r['scales'])} | {r['main3']:.2f} | {r['ma']:.2f} | "
               f"{r['macro4']:.2f} | {r['cost']:.2f}x |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        atomic_write(args.json, json.dumps(rows, indent=1).encode())
 
 
 if __name__ == "__main__":
