@@ -19,8 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
+from phaseedge.train.data import read_pixel_sizes
+from phaseedge.train.evaluate import (
+    METALDAM_GROUPS,
+    group_dice,
+    load_named_split,
+    open_segmenter,
+    split_probabilities,
+)
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.outputs import atomic_write
@@ -68,7 +74,7 @@ def fit_offsets(logps: list[np.ndarray], masks: list[np.ndarray], names: list[st
 
 def _logps(seg, data: Path, split: str, pixel_sizes: dict, alpha: float):
     """Log-probabilities and masks of a split's frames."""
-    items = load_folder(data, seg.n_classes, read_split(data / "splits" / f"{split}.txt"), pixel_sizes)
+    items = load_named_split(data, split, seg.n_classes, pixel_sizes)
     probs = split_probabilities(seg, items, alpha)
     return [np.log(np.maximum(p, np.float32(1e-6))) for p in probs], [it.mask for it in items]
 

@@ -16,8 +16,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import open_segmenter, split_probabilities
+from phaseedge.train.data import read_pixel_sizes
+from phaseedge.train.evaluate import (
+    add_sweep_arguments,
+    load_named_split,
+    open_segmenter,
+    split_probabilities,
+)
 
 from phaseedge.outputs import atomic_write
 
@@ -36,10 +41,7 @@ def boundary_band(mask: np.ndarray, n_classes: int, band: int) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/metaldam"))
-    ap.add_argument("--split", default="val", help="split name in DATA/splits (train, val)")
-    ap.add_argument("--pixel-sizes", type=Path, default=Path("runs/metaldam_pixel_sizes.csv"))
+    add_sweep_arguments(ap)
     ap.add_argument("--alpha", type=float, default=0.9)
     ap.add_argument("--band", type=int, default=2, help="pixels either side of a boundary")
     ap.add_argument("--json", type=Path, help="also write the result here")
@@ -48,8 +50,7 @@ def main() -> None:
 
     with open_segmenter(args.checkpoint) as seg:
         n, names = seg.n_classes, list(seg.class_names)
-        items = load_folder(args.data, n, read_split(args.data / "splits" / f"{args.split}.txt"),
-                            read_pixel_sizes(args.pixel_sizes))
+        items = load_named_split(args.data, args.split, n, read_pixel_sizes(args.pixel_sizes))
         probs = split_probabilities(seg, items, args.alpha)
     cm = np.zeros((n, n), np.int64)
     wrong = wrong_in_band = in_band = 0

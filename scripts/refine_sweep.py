@@ -23,8 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
+from phaseedge.train.data import read_pixel_sizes
+from phaseedge.train.evaluate import (
+    METALDAM_GROUPS,
+    add_sweep_arguments,
+    group_dice,
+    load_named_split,
+    open_segmenter,
+    split_probabilities,
+)
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.outputs import atomic_write
@@ -81,10 +88,7 @@ def _score(cm: ConfusionMatrix) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path, help="a checkpoint directory (an ensemble's works too)")
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/metaldam"))
-    ap.add_argument("--split", default="val", help="split name in DATA/splits (train, val)")
-    ap.add_argument("--pixel-sizes", type=Path, default=Path("runs/metaldam_pixel_sizes.csv"))
+    add_sweep_arguments(ap)
     ap.add_argument("--scales", type=parse_scales, default=(1.0,))
     ap.add_argument("--radii", default="1,2,4,8")
     ap.add_argument("--eps", default="1e-4,1e-3,1e-2,1e-1")
@@ -95,8 +99,7 @@ def main() -> None:
 
     with open_segmenter(args.checkpoint, scales=args.scales) as seg:
         names, n = list(seg.class_names), seg.n_classes
-        items = load_folder(args.data, n, read_split(args.data / "splits" / f"{args.split}.txt"),
-                            read_pixel_sizes(args.pixel_sizes))
+        items = load_named_split(args.data, args.split, n, read_pixel_sizes(args.pixel_sizes))
         probs = split_probabilities(seg, items, args.alpha)
     guides = [guide_image(it.image) for it in items]
     settings = [(0, 0.0)] + [(int(r), float(e)) for r in args.radii.split(",") for e in args.eps.split(",")]

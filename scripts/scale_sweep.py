@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 from phaseedge.train import checkpoint
-from phaseedge.train.data import load_folder, read_pixel_sizes, read_split
-from phaseedge.train.evaluate import METALDAM_GROUPS, group_dice, open_segmenter, split_probabilities
+from phaseedge.train.data import read_pixel_sizes
+from phaseedge.train.evaluate import (
+    METALDAM_GROUPS,
+    add_sweep_arguments,
+    group_dice,
+    load_named_split,
+    open_segmenter,
+    split_probabilities,
+)
 
 from phaseedge.metrics import ConfusionMatrix
 from phaseedge.outputs import atomic_write
@@ -28,10 +35,7 @@ from phaseedge.tta import parse_scales
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("checkpoint", type=Path)
-    ap.add_argument("--data", type=Path, default=Path("../shared/data/metaldam"))
-    ap.add_argument("--split", default="val", help="split name in DATA/splits (train, val)")
-    ap.add_argument("--pixel-sizes", type=Path, default=Path("runs/metaldam_pixel_sizes.csv"))
+    add_sweep_arguments(ap)
     ap.add_argument("--scales", type=parse_scales, required=True, help="every scale to run once")
     ap.add_argument("--combos", default="", help="';'-separated scale sets to average, e.g. '0.9,1;0.8,0.9,1'")
     ap.add_argument("--alpha", type=float, default=0.9)
@@ -42,8 +46,7 @@ def main() -> None:
     model = checkpoint.load(args.checkpoint)
     names = list(model.config["class_names"])
     n = len(names)
-    items = load_folder(args.data, n, read_split(args.data / "splits" / f"{args.split}.txt"),
-                        read_pixel_sizes(args.pixel_sizes))
+    items = load_named_split(args.data, args.split, n, read_pixel_sizes(args.pixel_sizes))
     probs: dict[float, list[np.ndarray]] = {}
     for s in args.scales:
         with open_segmenter(model, scales=(s,)) as seg:

@@ -125,6 +125,19 @@ def as_frame(item: LabelledImage) -> Any:
     return Frame(pixels=item.image, path=Path(item.name), pixel_size_m=item.pixel_size_m, band_rows=0, bits=bits)
 
 
+def add_sweep_arguments(ap: argparse.ArgumentParser) -> None:
+    """The checkpoint and the named split a sweep script (scripts/*_sweep.py) scores."""
+    ap.add_argument("checkpoint", type=Path, help="a checkpoint directory (an ensemble's works too)")
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/metaldam"))
+    ap.add_argument("--split", default="val", help="split name in DATA/splits (train, val)")
+    ap.add_argument("--pixel-sizes", type=Path, default=Path("runs/metaldam_pixel_sizes.csv"))
+
+
+def load_named_split(data: Path, split: str, n_classes: int, pixel_sizes: dict) -> list[LabelledImage]:
+    """The labelled frames listed in DATA/splits/SPLIT.txt, with their pixel sizes."""
+    return load_folder(data, n_classes, read_split(data / "splits" / f"{split}.txt"), pixel_sizes)
+
+
 def split_probabilities(seg: Segmenter, items: list[LabelledImage], accuracy: float | str) -> list[np.ndarray]:
     """Each frame's class probabilities [n, H, W] at the simulated expert ratio eval scores with;
     the sweep scripts (scripts/*_sweep.py) compute them once and then try their settings on them."""
