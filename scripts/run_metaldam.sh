@@ -7,6 +7,7 @@
 # / 0.9 / exact and the expert-free estimates auto / em / iter2, with and without the runtime's
 # calibrate mode, plus the expert sweep with flip TTA (and d4 TTA for the PLM ensemble) and with
 # multi-scale inference (the scale set chosen by scripts/scale_sweep.py on the training split),
+# both ensembles with multi-scale and flip TTA, and the seed-1 models at none / 0.9 / exact,
 # reporting the 3-main-phase and 4-class groups, and the random forest. Evals are one thread each:
 # the PLM's and the baseline's run side by side.
 # MetalDAM has no licence: it is read from ../shared and nothing derived from it but numbers
@@ -59,6 +60,7 @@ eval_model() {  # the α sweep with the expert-free estimates, the expert sweep 
 plm_lane() {
     eval_model plm-s0
     to "$RUNS/eval-plm-s0-local.json" "${EVAL[@]}" "$RUNS/md-plm-s0/best" --ratio-accuracy 0.9 --ratio-mode local
+    to "$RUNS/eval-plm-s1.json" "${EVAL[@]}" "$RUNS/md-plm-s1/best" --ratio-accuracy none,0.9,exact
     eval_model plm-ens
     # multi-scale with flip TTA, and d4 TTA (8 passes; 0.9 and exact): the PLM ensemble
     to "$RUNS/eval-plm-ens-ms-tta.json" "${EVAL[@]}" "$RUNS/md-plm-ens" --ratio-accuracy none,0.9,exact \
@@ -67,7 +69,10 @@ plm_lane() {
 }
 base_lane() {
     eval_model base-s0
+    to "$RUNS/eval-base-s1.json" "${EVAL[@]}" "$RUNS/md-base-s1/best" --ratio-accuracy none,0.9,exact
     eval_model base-ens
+    to "$RUNS/eval-base-ens-ms-tta.json" "${EVAL[@]}" "$RUNS/md-base-ens" --ratio-accuracy none,0.9 \
+        --scales 0.8,0.9,1 --tta
     # the multi-scale set: every scale once, the candidate sets averaged, on the training split and validation
     for split in train val; do
         to "$RUNS/scale-sweep-plm-s0-$split.txt" "$BIN/python" scripts/scale_sweep.py "$RUNS/md-plm-s0/best" \
@@ -84,4 +89,4 @@ status=0
 wait "$plm_pid" || status=$?
 wait "$base_pid" || status=$?
 [ "$status" -eq 0 ] || { echo "an evaluation failed (exit $status)" >&2; exit "$status"; }
-echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta,-ms}.json $RUNS/eval-plm-s0-local.json $RUNS/eval-plm-ens-ms-tta.json $RUNS/eval-plm-ens-tta-d4.json $RUNS/forest.json"
+echo "done: $RUNS/eval-{plm,base}-{s0,ens}{,-tta,-ms}.json $RUNS/eval-{plm,base}-s1.json $RUNS/eval-plm-s0-local.json $RUNS/eval-{plm,base}-ens-ms-tta.json $RUNS/eval-plm-ens-tta-d4.json $RUNS/forest.json"
